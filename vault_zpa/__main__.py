@@ -1,0 +1,3 @@
+from vault_zpa.cli import main
+
+main()

@@ -1,0 +1,276 @@
+"""The `vault-zpa` command line: build objects, call the core, render, map errors to exit codes.
+
+Exit codes: 0 all done, 1 some items failed (the rest were done), 2 bad usage or configuration.
+The only `sys.exit` of the program is in `main()`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import click
+
+from vault_zpa import __version__, build, logs, report
+from vault_zpa.config import Settings, load
+from vault_zpa.errors import VaultZpaError
+from vault_zpa.model import AssociationType
+from vault_zpa.reconcile import Scope
+from vault_zpa.sync import Progress, SyncOptions, run_once
+
+log = logging.getLogger("vault_zpa")
+F = TypeVar("F", bound=Callable[..., Any])
+
+TYPES = click.Choice([t.value for t in AssociationType], case_sensitive=False)
+
+
+def common_options(fn: F) -> F:
+    """--config, --log-level, --log-format on every command (DESIGN.md)."""
+    fn = click.option(
+        "--log-format",
+        type=click.Choice(["text", "json"]),
+        default=None,
+        help="Log format (env VAULT_ZPA_LOG_FORMAT).",
+    )(fn)
+    fn = click.option(
+        "--log-level",
+        type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+        default=None,
+        help="Log level (env VAULT_ZPA_LOG_LEVEL).",
+    )(fn)
+    fn = click.option(
+        "--config",
+        "config_path",
+        type=str,
+        default=None,
+        help="TOML config file (env VAULT_ZPA_CONFIG).",
+    )(fn)
+    return fn
+
+
+def settings_from(
+    config_path: str | None, log_level: str | None, log_format: str | None, **flags: Any
+) -> Settings:
+    values = {"log.level": log_level, "log.format": log_format, **flags}
+    settings = load(path=config_path, environ=os.environ, flags=values)
+    logs.setup(settings.log_level, settings.log_format)
+    logs.new_run_id()
+    return settings
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="vault-zpa")
+def cli() -> None:
+    """Keep Zscaler Private Access provisioning keys in HashiCorp Vault / OpenBao KV.
+
+    Connectors read their key with `vault kv get`; vault-zpa keeps it current.
+    """
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Print the plan; write nothing.")
+@click.option(
+    "--association-type",
+    "association_types",
+    type=TYPES,
+    multiple=True,
+    help="Only this association type (repeatable; default: both).",
+)
+@click.option(
+    "--group", "groups", multiple=True, help="Only the group with this exact name (repeatable)."
+)
+@click.option(
+    "--prune",
+    is_flag=True,
+    help="Soft-delete managed secrets whose group has no key "
+    "in ZPA any more (only after a complete listing).",
+)
+@click.option("--adopt", is_flag=True, help="Take over existing paths not yet marked as managed.")
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--reveal", is_flag=True, help="Include key values in the output.")
+@click.option("--verbose", "-v", is_flag=True, help="Also list unchanged groups.")
+@click.option("--mount", default=None, help="KV mount (env VAULT_ZPA_MOUNT, default secret).")
+@click.option("--prefix", default=None, help="Path prefix (env VAULT_ZPA_PREFIX, default zpa).")
+@click.option("--concurrency", type=int, default=None, help="Parallel Vault requests.")
+@common_options
+@click.pass_context
+def sync(
+    ctx: click.Context,
+    dry_run: bool,
+    association_types: tuple[str, ...],
+    groups: tuple[str, ...],
+    prune: bool,
+    adopt: bool,
+    output: str,
+    reveal: bool,
+    verbose: bool,
+    mount: str | None,
+    prefix: str | None,
+    concurrency: int | None,
+    config_path: str | None,
+    log_level: str | None,
+    log_format: str | None,
+) -> None:
+    """Fetch provisioning keys from ZPA and write the changed ones to Vault."""
+    settings = settings_from(
+        config_path,
+        log_level,
+        log_format,
+        **{
+            "vault.mount": mount,
+            "vault.prefix": prefix,
+            "vault.concurrency": concurrency,
+            "sync.association_types": list(association_types) or None,
+        },
+    )
+    zpa = build.zpa_client(settings.zpa())
+    store = build.kv_store(settings)
+    options = SyncOptions(
+        association_types=settings.association_types,
+        prefix=settings.vault.prefix,
+        rules=dict(settings.rules),
+        scope=Scope(groups=frozenset(groups), prune=prune, adopt=adopt),
+        dry_run=dry_run,
+        concurrency=settings.vault.concurrency,
+    )
+    with _progress(enabled=output == "text") as progress:
+        result = run_once(source=zpa, store=store, options=options, progress=progress)
+    if output == "json":
+        click.echo(report.dumps(report.to_json(result, mount=settings.vault.mount, reveal=reveal)))
+    else:
+        click.echo(report.to_text(result, reveal=reveal, verbose=verbose))
+    ctx.exit(1 if result.failed else 0)
+
+
+@contextmanager
+def _progress(*, enabled: bool) -> Iterator[Progress | None]:
+    """A progress bar on a terminal (stderr) for long runs; nothing when piped."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    state: dict[str, Any] = {}
+
+    def start(total: int) -> None:
+        if total >= 200:
+            bar = click.progressbar(length=total, label="reading Vault", file=sys.stderr)
+            state["bar"] = bar.__enter__()
+
+    def advance(n: int) -> None:
+        if "bar" in state:
+            state["bar"].update(n)
+
+    try:
+        yield Progress(start=start, advance=advance)
+    finally:
+        if "bar" in state:
+            state["bar"].__exit__(None, None, None)
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=0, help="0 picks a free port.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--connector-groups", type=click.IntRange(0, 100_000), default=3, show_default=True)
+@click.option(
+    "--service-edge-groups", type=click.IntRange(0, 100_000), default=2, show_default=True
+)
+@click.option("--keys-per-group", type=click.IntRange(0, 100), default=1, show_default=True)
+@click.option(
+    "--rate-limits/--no-rate-limits",
+    default=True,
+    show_default=True,
+    help="Enforce ZPA's documented 20 GET / 10 writes per 10 s.",
+)
+@common_options
+def simulator(
+    host: str,
+    port: int,
+    seed: int,
+    connector_groups: int,
+    service_edge_groups: int,
+    keys_per_group: int,
+    rate_limits: bool,
+    config_path: str | None,
+    log_level: str | None,
+    log_format: str | None,
+) -> None:
+    """Serve the ZPA API simulator on loopback until interrupted.
+
+    Prints shell lines (ZPA_BASE_URL=..., ZPA_CLIENT_ID=..., ...) to `eval` or `source`.
+    """
+    from vault_zpa.testing.zpa_simulator import ZpaSimulator
+    from vault_zpa.zpa.clouds import _is_loopback
+
+    if not _is_loopback(host):
+        raise click.BadParameter("the simulator only listens on loopback", param_hint="--host")
+    sim = ZpaSimulator(
+        host=host,
+        port=port,
+        seed=seed,
+        connector_groups=connector_groups,
+        service_edge_groups=service_edge_groups,
+        keys_per_group=keys_per_group,
+        rate_limits=rate_limits,
+    ).start()
+    for name, value in sim.env().items():
+        click.echo(f"{name}={value}")
+    click.echo(f"ZSCALER_CLIENT_ID={sim.oneapi_client_id}")
+    click.echo(f"ZSCALER_CLIENT_SECRET={sim.oneapi_client_secret}")
+    click.echo(
+        f"# OneAPI: ZPA_BASE_URL={sim.url} VAULT_ZPA_ZPA_TOKEN_URL={sim.url}/oauth2/v1/token"
+    )
+    sys.stdout.flush()
+    try:
+        sim.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sim.stop()
+
+
+@cli.command()
+@click.option("--keep-running", is_flag=True, help="Leave OpenBao and the simulator up.")
+@common_options
+def demo(
+    keep_running: bool, config_path: str | None, log_level: str | None, log_format: str | None
+) -> None:
+    """Start OpenBao (dev) and the ZPA simulator, run a real sync, read a key back."""
+    from vault_zpa import demo as demo_module
+
+    logs.setup(log_level or "warning", log_format or "text")
+    demo_module.run(keep_running=keep_running, echo=click.echo)
+
+
+def main() -> None:
+    """Entry point: the one place that turns errors into exit codes."""
+    try:
+        code = cli.main(prog_name="vault-zpa", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("vault-zpa: aborted", err=True)
+        code = 130
+    except click.ClickException as exc:
+        exc.show()
+        code = exc.exit_code
+    except VaultZpaError as exc:
+        click.echo(f"vault-zpa: error: {exc}", err=True)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        code = 130
+    except Exception as exc:
+        log.debug("unexpected error", exc_info=True)
+        click.echo(
+            f"vault-zpa: internal error: {type(exc).__name__}; rerun with "
+            "--log-level debug for details and report it",
+            err=True,
+        )
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+_ = (functools, json)

@@ -1,0 +1,580 @@
+"""Settings, read in one place from flags > environment > TOML file > defaults.
+
+`load(path=..., environ=..., flags=...)` is the only reader of the environment. Every problem is
+a `ConfigError` naming where the value came from (flag, variable, or file and key) and why it is
+wrong. Secrets come from the environment or files only, and are wrapped in `Secret`.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vault_zpa import layout
+from vault_zpa.errors import ConfigError
+from vault_zpa.masking import REDACTOR, Secret
+from vault_zpa.model import AssociationType
+from vault_zpa.reconcile import TypeRule
+
+# ---- value parsers ------------------------------------------------------------------------
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: Any) -> float:
+    """'90s', '5m', '1h30m', '30d', or a number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError("must be a duration such as 30s, 5m, 1h or 30d")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        text = str(value).strip().lower()
+        if re.fullmatch(r"\d+(?:\.\d+)?", text):
+            seconds = float(text)
+        else:
+            parts = _DURATION.findall(text)
+            if not parts or "".join(n + u for n, u in parts) != text:
+                raise ValueError("must be a duration such as 30s, 5m, 1h or 30d")
+            seconds = sum(float(n) * _UNITS[u] for n, u in parts)
+    if seconds <= 0:
+        raise ValueError("must be a positive duration")
+    return seconds
+
+
+def parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _int_between(low: int, high: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool | float):
+            raise ValueError(f"must be a whole number from {low} to {high}")
+        try:
+            number = int(str(value).strip())
+        except ValueError:
+            raise ValueError(f"must be a whole number from {low} to {high}") from None
+        if not low <= number <= high:
+            raise ValueError(f"must be a whole number from {low} to {high}")
+        return number
+
+    return parse
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    if any(ord(c) < 32 for c in value):
+        raise ValueError("must not contain control characters")
+    return value.strip()
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = _text(value).lower()
+        if text not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+def _association_types(value: Any) -> tuple[AssociationType, ...]:
+    items = value if isinstance(value, list | tuple) else str(value).split(",")
+    out: list[AssociationType] = []
+    for item in items:
+        name = _text(item).upper()
+        try:
+            out.append(AssociationType(name))
+        except ValueError:
+            raise ValueError(f"{name!r} is not CONNECTOR_GRP or SERVICE_EDGE_GRP") from None
+    if not out:
+        raise ValueError("must name at least one association type")
+    return tuple(dict.fromkeys(out))
+
+
+def _pattern(value: Any) -> re.Pattern[str]:
+    try:
+        return re.compile(_text(value))
+    except re.error as exc:
+        raise ValueError(f"is not a valid regular expression ({exc})") from None
+
+
+def _template(value: Any) -> str:
+    try:
+        return layout.validate_template(_text(value))
+    except ConfigError as exc:
+        raise ValueError(exc.message) from None
+
+
+def _prefix(value: Any) -> str:
+    try:
+        return layout.validate_prefix(_text(value))
+    except ConfigError as exc:
+        raise ValueError(exc.message) from None
+
+
+def _mount(value: Any) -> str:
+    text = _text(value).strip("/")
+    if not re.fullmatch(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*", text) or ".." in text.split("/"):
+        raise ValueError("must be a mount path of letters, digits, '.', '_', '-' and '/'")
+    return text
+
+
+# ---- the option table ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str  # section.key in the TOML file; also the flag name used by the CLI
+    env: tuple[str, ...]
+    parse: Callable[[Any], Any]
+    default: Any = None
+    secret: bool = False
+
+
+OPTIONS: tuple[Option, ...] = (
+    # ZPA
+    Option("zpa.auth", ("VAULT_ZPA_ZPA_AUTH",), _choice("auto", "legacy", "oneapi"), "auto"),
+    Option("zpa.use_legacy_client", ("ZSCALER_USE_LEGACY_CLIENT",), parse_bool),
+    Option("zpa.client_id", ("ZPA_CLIENT_ID",), _text),
+    Option("zpa.client_secret", ("ZPA_CLIENT_SECRET",), _text, secret=True),
+    Option("zpa.client_secret_file", ("ZPA_CLIENT_SECRET_FILE",), _text),
+    Option("zpa.customer_id", ("ZPA_CUSTOMER_ID", "ZSCALER_CUSTOMER_ID"), _text),
+    Option("zpa.cloud", ("ZPA_CLOUD",), _text, "PRODUCTION"),
+    Option("zpa.microtenant_id", ("ZPA_MICROTENANT_ID",), _text),
+    Option("zpa.base_url", ("ZPA_BASE_URL",), _text),
+    Option("zpa.oneapi_client_id", ("ZSCALER_CLIENT_ID",), _text),
+    Option("zpa.oneapi_client_secret", ("ZSCALER_CLIENT_SECRET",), _text, secret=True),
+    Option("zpa.private_key", ("ZSCALER_PRIVATE_KEY",), _text, secret=True),
+    Option("zpa.vanity_domain", ("ZSCALER_VANITY_DOMAIN",), _text),
+    Option("zpa.oneapi_cloud", ("ZSCALER_CLOUD",), _text, "production"),
+    Option("zpa.token_url", ("VAULT_ZPA_ZPA_TOKEN_URL",), _text),
+    Option("zpa.partner_id", ("ZSCALER_PARTNER_ID",), _text),
+    Option("zpa.timeout", ("VAULT_ZPA_ZPA_TIMEOUT",), parse_duration, 30.0),
+    Option("zpa.retry_budget", ("VAULT_ZPA_ZPA_RETRY_BUDGET",), parse_duration, 120.0),
+    Option("zpa.get_limit", ("VAULT_ZPA_ZPA_GET_LIMIT",), _int_between(1, 10_000), 20),
+    Option("zpa.write_limit", ("VAULT_ZPA_ZPA_WRITE_LIMIT",), _int_between(1, 10_000), 10),
+    Option("zpa.rate_window", ("VAULT_ZPA_ZPA_RATE_WINDOW",), parse_duration, 10.0),
+    # Vault
+    Option("vault.addr", ("VAULT_ADDR",), _text, "https://127.0.0.1:8200"),
+    Option("vault.token", ("VAULT_TOKEN",), _text, secret=True),
+    Option("vault.token_file", ("VAULT_ZPA_TOKEN_FILE",), _text),
+    Option("vault.namespace", ("VAULT_NAMESPACE",), _text),
+    Option("vault.cacert", ("VAULT_CACERT",), _text),
+    Option("vault.capath", ("VAULT_CAPATH",), _text),
+    Option("vault.client_cert", ("VAULT_CLIENT_CERT",), _text),
+    Option("vault.client_key", ("VAULT_CLIENT_KEY",), _text),
+    Option("vault.skip_verify", ("VAULT_SKIP_VERIFY",), parse_bool, False),
+    Option(
+        "vault.auth_method",
+        ("VAULT_ZPA_AUTH_METHOD",),
+        _choice("token", "approle", "kubernetes"),
+        "token",
+    ),
+    Option("vault.approle_role_id", ("VAULT_ZPA_APPROLE_ROLE_ID",), _text, secret=True),
+    Option("vault.approle_role_id_file", ("VAULT_ZPA_APPROLE_ROLE_ID_FILE",), _text),
+    Option("vault.approle_secret_id", ("VAULT_ZPA_APPROLE_SECRET_ID",), _text, secret=True),
+    Option("vault.approle_secret_id_file", ("VAULT_ZPA_APPROLE_SECRET_ID_FILE",), _text),
+    Option("vault.approle_mount", ("VAULT_ZPA_APPROLE_MOUNT",), _mount, "approle"),
+    Option("vault.kubernetes_role", ("VAULT_ZPA_KUBERNETES_ROLE",), _text),
+    Option(
+        "vault.kubernetes_jwt_file",
+        ("VAULT_ZPA_KUBERNETES_JWT_FILE",),
+        _text,
+        "/var/run/secrets/kubernetes.io/serviceaccount/token",
+    ),
+    Option("vault.kubernetes_mount", ("VAULT_ZPA_KUBERNETES_MOUNT",), _mount, "kubernetes"),
+    Option("vault.mount", ("VAULT_ZPA_MOUNT",), _mount, "secret"),
+    Option("vault.prefix", ("VAULT_ZPA_PREFIX",), _prefix, "zpa"),
+    Option("vault.kv_version", ("VAULT_ZPA_KV_VERSION",), _choice("auto", "1", "2"), "auto"),
+    Option("vault.max_versions", ("VAULT_ZPA_MAX_VERSIONS",), _int_between(2, 100), 5),
+    Option("vault.concurrency", ("VAULT_ZPA_CONCURRENCY",), _int_between(1, 256), 16),
+    Option("vault.timeout", ("VAULT_ZPA_VAULT_TIMEOUT",), parse_duration, 30.0),
+    Option("vault.retry_budget", ("VAULT_ZPA_VAULT_RETRY_BUDGET",), parse_duration, 60.0),
+    # Sync
+    Option(
+        "sync.association_types",
+        ("VAULT_ZPA_ASSOCIATION_TYPES",),
+        _association_types,
+        (AssociationType.CONNECTOR_GRP, AssociationType.SERVICE_EDGE_GRP),
+    ),
+    Option("sync.path_template", ("VAULT_ZPA_PATH_TEMPLATE",), _template, layout.DEFAULT_TEMPLATE),
+    Option("sync.key_name_pattern", ("VAULT_ZPA_KEY_NAME_PATTERN",), _pattern),
+    Option("sync.lease", ("VAULT_ZPA_LEASE",), parse_duration, 30 * 86400.0),
+    # Logging
+    Option(
+        "log.level", ("VAULT_ZPA_LOG_LEVEL",), _choice("debug", "info", "warning", "error"), "info"
+    ),
+    Option("log.format", ("VAULT_ZPA_LOG_FORMAT",), _choice("text", "json"), "text"),
+)
+_BY_NAME = {o.name: o for o in OPTIONS}
+TYPE_RULE_KEYS = {"path_template": _template, "key_name_pattern": _pattern, "lease": parse_duration}
+RESERVED_TYPE_SECTIONS = {"rotation"}  # filled in by the rotation work; accepted, not yet used
+
+
+# ---- settings records ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ZpaSettings:
+    mode: str  # "legacy" | "oneapi"
+    customer_id: str
+    base_url: str
+    token_url: str
+    client_id: str
+    client_secret: Secret | None
+    private_key: Secret | None
+    microtenant_id: str | None
+    partner_id: str | None
+    timeout: float
+    retry_budget: float
+    get_limit: int
+    write_limit: int
+    rate_window: float
+
+
+@dataclass(frozen=True)
+class VaultSettings:
+    addr: str
+    token: Secret | None
+    token_file: str | None
+    namespace: str | None
+    cacert: str | None
+    capath: str | None
+    client_cert: str | None
+    client_key: str | None
+    skip_verify: bool
+    auth_method: str
+    approle_role_id: Secret | None
+    approle_role_id_file: str | None
+    approle_secret_id: Secret | None
+    approle_secret_id_file: str | None
+    approle_mount: str
+    kubernetes_role: str | None
+    kubernetes_jwt_file: str
+    kubernetes_mount: str
+    mount: str
+    prefix: str
+    kv_version: str
+    max_versions: int
+    concurrency: int
+    timeout: float
+    retry_budget: float
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a command needs, validated. `zpa` is built lazily: only commands that talk
+    to ZPA require its credentials."""
+
+    values: Mapping[str, Any]
+    sources: Mapping[str, str]
+    vault: VaultSettings
+    association_types: tuple[AssociationType, ...]
+    rules: Mapping[AssociationType, TypeRule]
+    log_level: str
+    log_format: str
+    type_sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def zpa(self) -> ZpaSettings:
+        return _zpa_settings(self.values, self.sources)
+
+
+def load(
+    *, path: str | None, environ: Mapping[str, str], flags: Mapping[str, Any] | None = None
+) -> Settings:
+    """flags > environment > config file > defaults. `path` None falls back to VAULT_ZPA_CONFIG."""
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    path = path or environ.get("VAULT_ZPA_CONFIG") or None
+    file_values, type_sections = _read_file(path) if path else ({}, {})
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for option in OPTIONS:
+        raw, where = option.default, "default"
+        if option.name in file_values:
+            raw, where = (
+                file_values[option.name],
+                f"{path}: [{option.name.split('.')[0]}] {option.name.split('.', 1)[1]}",
+            )
+        for env in option.env:
+            if env in environ and environ[env] != "":
+                raw, where = environ[env], env
+                break
+        if option.name in flags:
+            raw, where = flags[option.name], f"--{option.name.split('.', 1)[1].replace('_', '-')}"
+        if raw is not None and where != "default":
+            try:
+                raw = option.parse(raw)
+            except ValueError as exc:
+                shown = "" if option.secret else f" (got {str(raw)[:60]!r})"
+                raise ConfigError(f"{where}: {exc}{shown}") from None
+        if option.secret and isinstance(raw, str) and raw:
+            REDACTOR.register(raw)
+            raw = Secret(raw)
+        values[option.name] = raw
+        sources[option.name] = where
+    vault = _vault_settings(values, sources)
+    rules = _rules(values, type_sections, path)
+    return Settings(
+        values=values,
+        sources=sources,
+        vault=vault,
+        association_types=values["sync.association_types"],
+        rules=rules,
+        log_level=values["log.level"],
+        log_format=values["log.format"],
+        type_sections=type_sections,
+    )
+
+
+def _read_file(path: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: the config file is not UTF-8 text") from None
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    flat: dict[str, Any] = {}
+    types: dict[str, dict[str, Any]] = {}
+    for section, body in document.items():
+        if section == "association_type":
+            if not isinstance(body, dict):
+                raise ConfigError(f"{path}: [association_type] must be a table of tables")
+            for name, rule in body.items():
+                _check_type_section(path, name, rule)
+                types[name] = rule
+            continue
+        if section not in ("zpa", "vault", "sync", "log") or not isinstance(body, dict):
+            raise ConfigError(
+                f"{path}: unknown section or key {section!r}",
+                hint="sections are [zpa], [vault], [sync], [log], [association_type.<TYPE>]",
+            )
+        for key, value in body.items():
+            name = f"{section}.{key}"
+            if name not in _BY_NAME:
+                raise ConfigError(f"{path}: [{section}] {key}: unknown key")
+            if isinstance(value, dict):
+                raise ConfigError(f"{path}: [{section}] {key}: must be a value, not a table")
+            flat[name] = value
+    return flat, types
+
+
+def _check_type_section(path: str, name: str, rule: Any) -> None:
+    try:
+        AssociationType(name)
+    except ValueError:
+        raise ConfigError(
+            f"{path}: [association_type.{name}]: unknown association type",
+            hint="use CONNECTOR_GRP or SERVICE_EDGE_GRP",
+        ) from None
+    if not isinstance(rule, dict):
+        raise ConfigError(f"{path}: [association_type.{name}] must be a table")
+    for key, value in rule.items():
+        where = f"{path}: [association_type.{name}] {key}"
+        if key in RESERVED_TYPE_SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: must be a table")
+            continue
+        if key not in TYPE_RULE_KEYS:
+            raise ConfigError(
+                f"{where}: unknown key",
+                hint=f"known: {', '.join(sorted(TYPE_RULE_KEYS))}, rotation",
+            )
+        try:
+            TYPE_RULE_KEYS[key](value)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+
+
+def _rules(
+    values: Mapping[str, Any], types: Mapping[str, Mapping[str, Any]], path: str | None
+) -> dict[AssociationType, TypeRule]:
+    rules = {}
+    for atype in AssociationType:
+        section = types.get(atype.value, {})
+        template = section.get("path_template", values["sync.path_template"])
+        pattern = section.get("key_name_pattern")
+        rules[atype] = TypeRule(
+            path_template=_template(template),
+            key_name_pattern=_pattern(pattern)
+            if pattern is not None
+            else values["sync.key_name_pattern"],
+            lease_seconds=int(parse_duration(section.get("lease", values["sync.lease"]))),
+        )
+    return rules
+
+
+def _opt_str(values: Mapping[str, Any], name: str) -> str | None:
+    value = values.get(name)
+    return value if isinstance(value, str) and value else None
+
+
+def _vault_settings(v: Mapping[str, Any], sources: Mapping[str, str]) -> VaultSettings:
+    from vault_zpa.zpa.clouds import check_url
+
+    addr = v["vault.addr"]
+    try:
+        check_url(addr, sources["vault.addr"])
+    except ConfigError as exc:
+        if "plain http" not in exc.message:
+            raise
+        # The vault CLI allows http anywhere; we warn loudly instead of refusing (see cli).
+    method = v["vault.auth_method"]
+    if method == "approle" and not (v["vault.approle_role_id"] or v["vault.approle_role_id_file"]):
+        raise ConfigError(
+            "AppRole auth needs VAULT_ZPA_APPROLE_ROLE_ID or VAULT_ZPA_APPROLE_ROLE_ID_FILE"
+        )
+    if method == "kubernetes" and not v["vault.kubernetes_role"]:
+        raise ConfigError("Kubernetes auth needs VAULT_ZPA_KUBERNETES_ROLE")
+    if bool(v["vault.client_cert"]) != bool(v["vault.client_key"]):
+        raise ConfigError("VAULT_CLIENT_CERT and VAULT_CLIENT_KEY must be set together")
+    return VaultSettings(
+        addr=addr,
+        token=v["vault.token"],
+        token_file=_opt_str(v, "vault.token_file"),
+        namespace=_opt_str(v, "vault.namespace"),
+        cacert=_opt_str(v, "vault.cacert"),
+        capath=_opt_str(v, "vault.capath"),
+        client_cert=_opt_str(v, "vault.client_cert"),
+        client_key=_opt_str(v, "vault.client_key"),
+        skip_verify=v["vault.skip_verify"],
+        auth_method=method,
+        approle_role_id=v["vault.approle_role_id"],
+        approle_role_id_file=_opt_str(v, "vault.approle_role_id_file"),
+        approle_secret_id=v["vault.approle_secret_id"],
+        approle_secret_id_file=_opt_str(v, "vault.approle_secret_id_file"),
+        approle_mount=v["vault.approle_mount"],
+        kubernetes_role=_opt_str(v, "vault.kubernetes_role"),
+        kubernetes_jwt_file=v["vault.kubernetes_jwt_file"],
+        kubernetes_mount=v["vault.kubernetes_mount"],
+        mount=v["vault.mount"],
+        prefix=v["vault.prefix"],
+        kv_version=v["vault.kv_version"],
+        max_versions=v["vault.max_versions"],
+        concurrency=v["vault.concurrency"],
+        timeout=v["vault.timeout"],
+        retry_budget=v["vault.retry_budget"],
+    )
+
+
+def _zpa_settings(v: Mapping[str, Any], sources: Mapping[str, str]) -> ZpaSettings:
+    from vault_zpa.zpa.clouds import check_url, legacy_base_url, oneapi_urls
+
+    has_legacy = bool(v["zpa.client_id"] or v["zpa.client_secret"])
+    has_oneapi = bool(
+        v["zpa.oneapi_client_id"] or v["zpa.oneapi_client_secret"] or v["zpa.private_key"]
+    )
+    mode = v["zpa.auth"]
+    if mode == "auto" and v["zpa.use_legacy_client"] is not None:
+        mode = "legacy" if v["zpa.use_legacy_client"] else "oneapi"
+    if mode == "auto":
+        if has_legacy and has_oneapi:
+            raise ConfigError(
+                "both legacy ZPA API key (ZPA_CLIENT_ID) and OneAPI (ZSCALER_CLIENT_ID) "
+                "credentials are set",
+                hint="set ZSCALER_USE_LEGACY_CLIENT=true or false to say which to use",
+            )
+        if not (has_legacy or has_oneapi):
+            raise ConfigError(
+                "no ZPA credentials: set ZPA_CLIENT_ID and ZPA_CLIENT_SECRET (legacy API key) "
+                "or ZSCALER_CLIENT_ID with ZSCALER_CLIENT_SECRET or ZSCALER_PRIVATE_KEY (OneAPI)"
+            )
+        mode = "legacy" if has_legacy else "oneapi"
+    customer = _opt_str(v, "zpa.customer_id")
+    if not customer:
+        raise ConfigError("ZPA_CUSTOMER_ID is not set", hint="it is the tenant id of your ZPA")
+    if not re.fullmatch(r"[0-9A-Za-z_-]{1,64}", customer):
+        raise ConfigError(
+            f"{sources['zpa.customer_id']}: ZPA customer id must be digits (got {customer[:40]!r})"
+        )
+    base_override = _opt_str(v, "zpa.base_url")
+    if base_override:
+        base_override = check_url(base_override, sources["zpa.base_url"])
+    secret: Secret | None
+    private_key: Secret | None = None
+    if mode == "legacy":
+        client_id = _opt_str(v, "zpa.client_id")
+        secret = v["zpa.client_secret"] or _secret_file(v, "zpa.client_secret_file")
+        if not client_id or secret is None:
+            raise ConfigError("legacy ZPA auth needs ZPA_CLIENT_ID and ZPA_CLIENT_SECRET")
+        base = base_override or legacy_base_url(v["zpa.cloud"])
+        token_url = f"{base}/signin"
+        if not base_override and v["zpa.cloud"].upper() == "DEV":
+            from vault_zpa.zpa.clouds import DEV_TOKEN_URL
+
+            token_url = DEV_TOKEN_URL
+    else:
+        from vault_zpa.zpa.auth import load_private_key
+
+        client_id = _opt_str(v, "zpa.oneapi_client_id")
+        secret = v["zpa.oneapi_client_secret"]
+        if v["zpa.private_key"] is not None:
+            if secret is not None:
+                raise ConfigError(
+                    "ZSCALER_CLIENT_SECRET and ZSCALER_PRIVATE_KEY are mutually exclusive; set one"
+                )
+            private_key = load_private_key(v["zpa.private_key"].reveal())
+        if not client_id or (secret is None and private_key is None):
+            raise ConfigError(
+                "OneAPI auth needs ZSCALER_CLIENT_ID and ZSCALER_CLIENT_SECRET or "
+                "ZSCALER_PRIVATE_KEY"
+            )
+        token_override = _opt_str(v, "zpa.token_url")
+        if token_override and base_override:
+            token_url, base = check_url(token_override, sources["zpa.token_url"]), base_override
+        else:
+            derived_token, derived_base = oneapi_urls(
+                v["zpa.oneapi_cloud"], _opt_str(v, "zpa.vanity_domain") or ""
+            )
+            token_url = (
+                check_url(token_override, sources["zpa.token_url"])
+                if token_override
+                else derived_token
+            )
+            base = base_override or derived_base
+    return ZpaSettings(
+        mode=mode,
+        customer_id=customer,
+        base_url=base,
+        token_url=token_url,
+        client_id=client_id,
+        client_secret=secret,
+        private_key=private_key,
+        microtenant_id=_opt_str(v, "zpa.microtenant_id"),
+        partner_id=_opt_str(v, "zpa.partner_id"),
+        timeout=v["zpa.timeout"],
+        retry_budget=v["zpa.retry_budget"],
+        get_limit=v["zpa.get_limit"],
+        write_limit=v["zpa.write_limit"],
+        rate_window=v["zpa.rate_window"],
+    )
+
+
+def _secret_file(v: Mapping[str, Any], name: str) -> Secret | None:
+    path = _opt_str(v, name)
+    if not path:
+        return None
+    try:
+        value = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        raise ConfigError(f"cannot read the secret file {path} ({name})") from None
+    if not value:
+        raise ConfigError(f"the secret file {path} ({name}) is empty")
+    REDACTOR.register(value)
+    return Secret(value)

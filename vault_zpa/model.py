@@ -1,0 +1,186 @@
+"""Frozen records that travel between the modules: ZPA facts in, plans and reports out."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from vault_zpa.masking import Secret
+
+
+class AssociationType(enum.StrEnum):
+    """The ZPA association types whose provisioning keys vault-zpa manages."""
+
+    CONNECTOR_GRP = "CONNECTOR_GRP"
+    SERVICE_EDGE_GRP = "SERVICE_EDGE_GRP"
+
+    @property
+    def enrollment_cert_name(self) -> str:
+        """The conventional enrollment certificate name for this kind of component."""
+        return "Connector" if self is AssociationType.CONNECTOR_GRP else "Service Edge"
+
+
+@dataclass(frozen=True, slots=True)
+class ProvisioningKey:
+    """One ZPA provisioning key, parsed from the wire (numbers arrive as strings)."""
+
+    id: str
+    name: str
+    association_type: AssociationType
+    key: Secret
+    group_id: str
+    group_name: str
+    enrollment_cert_id: str
+    enrollment_cert_name: str
+    max_usage: int
+    usage_count: int
+    enabled: bool
+    creation_time: int
+    modified_time: int
+    microtenant_id: str | None = None
+
+    @property
+    def exhausted(self) -> bool:
+        return self.usage_count >= self.max_usage
+
+    @property
+    def eligible(self) -> bool:
+        """A key a connector can still enroll with."""
+        return self.enabled and not self.exhausted
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """Every provisioning key of one association type, or the reason the listing failed.
+
+    `complete` is the only licence to treat absence as deletion (orphans, pruning).
+    """
+
+    association_type: AssociationType
+    keys: tuple[ProvisioningKey, ...] = ()
+    complete: bool = True
+    error: str | None = None
+
+
+# Field names of the KV data a secret holds (DESIGN.md "What a secret holds").
+DATA_FIELDS: tuple[str, ...] = (
+    "provisioning_key",
+    "key_id",
+    "key_name",
+    "association_type",
+    "group_id",
+    "group_name",
+    "enrollment_cert_id",
+    "enrollment_cert_name",
+    "max_usage",
+    "microtenant_id",
+)
+
+MANAGED_BY = "vault-zpa"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSecret:
+    """What Vault holds at one path: data, version (for check-and-set) and custom metadata.
+
+    `data` is None when the path has metadata but no readable current version (soft-deleted,
+    or a create that was interrupted before the data write).
+    """
+
+    path: str
+    version: int
+    data: Mapping[str, str] | None
+    custom_metadata: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def managed(self) -> bool:
+        return self.custom_metadata.get("managed_by") == MANAGED_BY
+
+    def __repr__(self) -> str:
+        # The data holds the provisioning key: never print it.
+        return (
+            f"StoredSecret(path={self.path!r}, version={self.version}, "
+            f"fields={sorted(self.data or {})}, custom_metadata={dict(self.custom_metadata)!r})"
+        )
+
+
+class Action(enum.StrEnum):
+    """What the plan decides for one (association type, group) or orphaned path."""
+
+    CREATE = "create"
+    UPDATE = "update"
+    METADATA = "metadata"
+    UNCHANGED = "unchanged"
+    ORPHAN = "orphan"
+    PRUNE = "prune"
+    CONFLICT = "conflict"
+    SKIPPED = "skipped"
+
+    @property
+    def writes(self) -> bool:
+        return self in (Action.CREATE, Action.UPDATE, Action.METADATA, Action.PRUNE)
+
+
+@dataclass(frozen=True, slots=True)
+class PlanItem:
+    """One decision, with the reason a person can read."""
+
+    action: Action
+    association_type: AssociationType
+    path: str
+    reason: str
+    group_id: str | None = None
+    group_name: str | None = None
+    key: ProvisioningKey | None = None
+    data: Mapping[str, str] | None = None
+    custom_metadata: Mapping[str, str] | None = None
+    expected_version: int = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"PlanItem(action={self.action.value}, path={self.path!r}, reason={self.reason!r}, "
+            f"key_id={self.key.id if self.key else None!r})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    items: tuple[PlanItem, ...]
+    listings: tuple[Listing, ...]
+
+    def count(self, action: Action) -> int:
+        return sum(1 for item in self.items if item.action is action)
+
+
+class Outcome(enum.StrEnum):
+    DONE = "done"
+    FAILED = "failed"
+    PLANNED = "planned"  # dry run: decided, not carried out
+
+
+@dataclass(frozen=True, slots=True)
+class ItemResult:
+    item: PlanItem
+    outcome: Outcome
+    error: str | None = None
+    version: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """What one run decided and did; rendered as text or JSON by the CLI."""
+
+    results: tuple[ItemResult, ...]
+    listings: tuple[Listing, ...]
+    dry_run: bool
+    started_at: str
+    finished_at: str
+    errors: tuple[str, ...] = ()
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.errors) or any(r.outcome is Outcome.FAILED for r in self.results)
+
+    def count(self, action: Action) -> int:
+        return sum(1 for r in self.results if r.item.action is action)

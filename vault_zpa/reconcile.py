@@ -1,0 +1,391 @@
+"""Pure planning: what ZPA says against what Vault holds, decided per group. No I/O here.
+
+The planner never talks to ZPA or Vault; `sync.run_once` gathers the facts, calls `desired()`
+to learn which paths to read, then `plan()` to decide, then carries the plan out.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from vault_zpa import layout
+from vault_zpa.errors import VaultZpaError
+from vault_zpa.model import (
+    MANAGED_BY,
+    Action,
+    AssociationType,
+    Listing,
+    Plan,
+    PlanItem,
+    ProvisioningKey,
+    StoredSecret,
+)
+
+# custom_metadata keys vault-zpa owns and refreshes; anything else found there is preserved.
+VOLATILE_KEYS: tuple[str, ...] = (
+    "managed_by",
+    "usage_count",
+    "enabled",
+    "zpa_modified_time",
+    "key_state",
+    "lease_expires_at",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TypeRule:
+    """Per-association-type settings the planner needs."""
+
+    path_template: str = layout.DEFAULT_TEMPLATE
+    key_name_pattern: re.Pattern[str] | None = None
+    lease_seconds: int = 30 * 86400
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """What this run looks at: which groups, whether orphans may be pruned or paths adopted."""
+
+    groups: frozenset[str] = frozenset()
+    prune: bool = False
+    adopt: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredGroup:
+    """One ZPA group of one association type, with the path its secret belongs at."""
+
+    association_type: AssociationType
+    group_id: str
+    group_name: str
+    keys: tuple[ProvisioningKey, ...]
+    path: str | None
+    path_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Desired:
+    groups: tuple[DesiredGroup, ...]
+    collisions: Mapping[str, tuple[DesiredGroup, ...]] = field(default_factory=dict)
+
+    @property
+    def paths(self) -> list[str]:
+        return sorted({g.path for g in self.groups if g.path is not None})
+
+
+def desired(
+    listings: Iterable[Listing],
+    *,
+    prefix: str,
+    rules: Mapping[AssociationType, TypeRule],
+    scope: Scope,
+) -> Desired:
+    """Group every listed key by (association type, group) and place each group at its path."""
+    groups: list[DesiredGroup] = []
+    for listing in listings:
+        rule = rules.get(listing.association_type, TypeRule())
+        by_group: dict[str, list[ProvisioningKey]] = defaultdict(list)
+        for key in listing.keys:
+            by_group[key.group_id].append(key)
+        for group_id, keys in sorted(by_group.items()):
+            name = _group_name(keys)
+            if scope.groups and name not in scope.groups:
+                continue
+            try:
+                path: str | None = layout.secret_path(
+                    rule.path_template,
+                    prefix=prefix,
+                    association_type=listing.association_type.value,
+                    group_name=name,
+                    group_id=group_id,
+                    microtenant_id=keys[0].microtenant_id,
+                )
+                error = None
+            except VaultZpaError as exc:
+                path, error = None, exc.message
+            groups.append(
+                DesiredGroup(listing.association_type, group_id, name, tuple(keys), path, error)
+            )
+    by_path: dict[str, list[DesiredGroup]] = defaultdict(list)
+    for group in groups:
+        if group.path is not None:
+            by_path[group.path].append(group)
+    collisions = {p: tuple(gs) for p, gs in by_path.items() if len(gs) > 1}
+    return Desired(tuple(groups), collisions)
+
+
+def select_key(
+    keys: Sequence[ProvisioningKey], pattern: re.Pattern[str] | None = None
+) -> ProvisioningKey | None:
+    """DESIGN.md's rule: enabled, not exhausted, name matching the pattern if one is set;
+    newest creationTime first, ties broken by id."""
+    eligible = [
+        k for k in keys if k.eligible and (pattern is None or pattern.fullmatch(k.name) is not None)
+    ]
+    if not eligible:
+        return None
+    return max(eligible, key=lambda k: (k.creation_time, _id_order(k.id)))
+
+
+def secret_data(key: ProvisioningKey) -> dict[str, str]:
+    """DESIGN.md's KV data fields for one key; a new version is written only when they change."""
+    data = {
+        "provisioning_key": key.key.reveal(),
+        "key_id": key.id,
+        "key_name": key.name,
+        "association_type": key.association_type.value,
+        "group_id": key.group_id,
+        "group_name": key.group_name,
+        "enrollment_cert_id": key.enrollment_cert_id,
+        "enrollment_cert_name": key.enrollment_cert_name,
+        "max_usage": str(key.max_usage),
+    }
+    if key.microtenant_id:
+        data["microtenant_id"] = key.microtenant_id
+    return data
+
+
+def volatile_metadata(key: ProvisioningKey, rule: TypeRule) -> dict[str, str]:
+    """Facts that change without the key changing; kept in custom_metadata, never versioned."""
+    return {
+        "managed_by": MANAGED_BY,
+        "usage_count": str(key.usage_count),
+        "enabled": "true" if key.enabled else "false",
+        "zpa_modified_time": str(key.modified_time),
+        "key_state": "ok",
+        # The lease runs from the key's creation in ZPA, so it is the same on every replica
+        # and every run: no clock of ours decides it.
+        "lease_expires_at": iso(key.creation_time + rule.lease_seconds),
+    }
+
+
+def plan(
+    desired_state: Desired,
+    *,
+    listings: Sequence[Listing],
+    stored: Mapping[str, StoredSecret],
+    rules: Mapping[AssociationType, TypeRule],
+    scope: Scope,
+    now: datetime,
+) -> Plan:
+    """Decide one action per group and per orphaned path. `stored` holds whatever Vault has at
+    the desired paths and, when orphans are looked for, at every managed path under the prefix."""
+    items: list[PlanItem] = []
+    stamp = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    for group in desired_state.groups:
+        items.append(
+            _plan_group(
+                group,
+                desired_state,
+                stored,
+                rules.get(group.association_type, TypeRule()),
+                scope,
+                stamp,
+            )
+        )
+    items.extend(_plan_orphans(desired_state, listings, stored, scope))
+    return Plan(tuple(items), tuple(listings))
+
+
+def _plan_group(
+    group: DesiredGroup,
+    desired_state: Desired,
+    stored: Mapping[str, StoredSecret],
+    rule: TypeRule,
+    scope: Scope,
+    stamp: str,
+) -> PlanItem:
+    def item(action: Action, reason: str, **kw: object) -> PlanItem:
+        return PlanItem(
+            action=action,
+            association_type=group.association_type,
+            path=group.path or "",
+            reason=reason,
+            group_id=group.group_id,
+            group_name=group.group_name,
+            **kw,  # type: ignore[arg-type]
+        )
+
+    if group.path is None:
+        return item(Action.CONFLICT, f"no safe path for this group: {group.path_error}")
+    if group.path in desired_state.collisions:
+        others = [g for g in desired_state.collisions[group.path] if g is not group]
+        names = ", ".join(f"{g.group_name!r} (id {g.group_id})" for g in others)
+        return item(Action.CONFLICT, f"path collides with group {names}; neither is written")
+
+    current = stored.get(group.path)
+    key = select_key(group.keys, rule.key_name_pattern)
+    if key is None:
+        why = _why_no_key(group.keys, rule.key_name_pattern)
+        if (
+            current is not None
+            and current.managed
+            and current.custom_metadata.get("key_state") != "no-eligible-key"
+        ):
+            meta = {
+                **current.custom_metadata,
+                "key_state": "no-eligible-key",
+                "last_synced_at": stamp,
+            }
+            return item(
+                Action.SKIPPED,
+                f"{why}; keeping the last key in Vault",
+                custom_metadata=meta,
+                expected_version=current.version,
+            )
+        return item(Action.SKIPPED, why)
+
+    data = secret_data(key)
+    volatile = volatile_metadata(key, rule)
+    if current is None:
+        meta = {**volatile, "last_synced_at": stamp}
+        return item(
+            Action.CREATE,
+            "new group in ZPA",
+            key=key,
+            data=data,
+            custom_metadata=meta,
+            expected_version=0,
+        )
+
+    merged = {**current.custom_metadata, **volatile}
+    if not current.managed:
+        if current.data is not None and dict(current.data) == data:
+            # Our own create that died between the data write and the metadata write.
+            return item(
+                Action.METADATA,
+                "data already matches ZPA; marking it as managed",
+                key=key,
+                data=data,
+                custom_metadata={**merged, "last_synced_at": stamp},
+                expected_version=current.version,
+            )
+        if not scope.adopt:
+            return item(
+                Action.CONFLICT,
+                "path exists and is not managed by vault-zpa; rerun with --adopt to take it over",
+                key=key,
+            )
+        return item(
+            Action.UPDATE,
+            "adopting an existing path (--adopt)",
+            key=key,
+            data=data,
+            custom_metadata={**merged, "last_synced_at": stamp},
+            expected_version=current.version,
+        )
+
+    if current.data is None:
+        return item(
+            Action.UPDATE,
+            "current version is deleted; writing the key again",
+            key=key,
+            data=data,
+            custom_metadata={**merged, "last_synced_at": stamp},
+            expected_version=current.version,
+        )
+    if dict(current.data) != data:
+        return item(
+            Action.UPDATE,
+            _why_changed(current.data, data),
+            key=key,
+            data=data,
+            custom_metadata={**merged, "last_synced_at": stamp},
+            expected_version=current.version,
+        )
+    if any(current.custom_metadata.get(k) != v for k, v in volatile.items()):
+        changed = sorted(k for k, v in volatile.items() if current.custom_metadata.get(k) != v)
+        return item(
+            Action.METADATA,
+            f"metadata changed: {', '.join(changed)}",
+            key=key,
+            data=data,
+            custom_metadata={**merged, "last_synced_at": stamp},
+            expected_version=current.version,
+        )
+    return item(Action.UNCHANGED, "Vault matches ZPA", key=key, expected_version=current.version)
+
+
+def _plan_orphans(
+    desired_state: Desired,
+    listings: Sequence[Listing],
+    stored: Mapping[str, StoredSecret],
+    scope: Scope,
+) -> list[PlanItem]:
+    if scope.groups:
+        return []  # a filtered run cannot tell what is gone
+    wanted = set(desired_state.paths)
+    complete = {listing.association_type for listing in listings if listing.complete}
+    items = []
+    for path, secret in sorted(stored.items()):
+        if path in wanted or not secret.managed or secret.data is None:
+            continue
+        try:
+            atype = AssociationType(secret.data.get("association_type", ""))
+        except ValueError:
+            continue
+        if atype not in {listing.association_type for listing in listings}:
+            continue  # not part of this run
+        base = PlanItem(
+            action=Action.ORPHAN,
+            association_type=atype,
+            path=path,
+            reason="",
+            group_id=secret.data.get("group_id"),
+            group_name=secret.data.get("group_name"),
+            expected_version=secret.version,
+        )
+        if atype not in complete:
+            continue  # absence in a partial listing proves nothing
+        if scope.prune:
+            items.append(
+                _replace(
+                    base, Action.PRUNE, "group has no key in ZPA any more; soft-deleting (--prune)"
+                )
+            )
+        else:
+            items.append(
+                _replace(
+                    base,
+                    Action.ORPHAN,
+                    "group has no key in ZPA any more; use --prune to soft-delete",
+                )
+            )
+    return items
+
+
+def _replace(item: PlanItem, action: Action, reason: str) -> PlanItem:
+    from dataclasses import replace
+
+    return replace(item, action=action, reason=reason)
+
+
+def _why_no_key(keys: Sequence[ProvisioningKey], pattern: re.Pattern[str] | None) -> str:
+    if pattern is not None and not any(pattern.fullmatch(k.name) for k in keys):
+        return f"no key name matches pattern {pattern.pattern!r}"
+    disabled = sum(1 for k in keys if not k.enabled)
+    exhausted = sum(1 for k in keys if k.enabled and k.exhausted)
+    return f"no eligible key ({disabled} disabled, {exhausted} exhausted)"
+
+
+def _why_changed(old: Mapping[str, str], new: Mapping[str, str]) -> str:
+    if old.get("key_id") != new.get("key_id"):
+        return "ZPA now selects a different key"
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return f"changed in ZPA: {', '.join(changed)}"
+
+
+def _group_name(keys: Sequence[ProvisioningKey]) -> str:
+    names = {k.group_name for k in keys if k.group_name}
+    return min(names) if names else ""
+
+
+def _id_order(key_id: str) -> tuple[int, int, str]:
+    return (1, int(key_id), "") if key_id.isdigit() else (0, 0, key_id)
+
+
+def iso(epoch: int) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

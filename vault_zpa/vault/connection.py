@@ -1,0 +1,190 @@
+"""One Vault server as the vault CLI would reach it: address, namespace, TLS, a token manager,
+and a retry loop that translates hvac's errors into ours exactly once."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import hvac
+import hvac.exceptions
+import requests
+import requests.adapters
+
+from vault_zpa.errors import (
+    CasConflict,
+    VaultAuthError,
+    VaultError,
+    VaultPermissionDenied,
+    VaultUnavailable,
+)
+from vault_zpa.vault.auth import AuthMethod, TokenManager
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+CAS_MISMATCH = "check-and-set parameter did not match the current version"
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    cacert: str | None = None
+    capath: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+    skip_verify: bool = False
+
+    @property
+    def verify(self) -> bool | str:
+        if self.skip_verify:
+            return False
+        return self.cacert or self.capath or True
+
+    @property
+    def cert(self) -> tuple[str, str] | None:
+        if self.client_cert and self.client_key:
+            return (self.client_cert, self.client_key)
+        return None
+
+
+class VaultConnection:
+    """Builds one hvac client per thread (requests sessions are not shared across threads) and
+    runs every Vault call through `call()`, with retries and error translation."""
+
+    def __init__(
+        self,
+        *,
+        addr: str,
+        auth: AuthMethod,
+        namespace: str | None = None,
+        tls: TlsSettings = TlsSettings(),
+        timeout: float = 30.0,
+        retry_budget: float = 60.0,
+        pool_size: int = 16,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.addr = addr.rstrip("/")
+        self.namespace = namespace
+        self.tls = tls
+        self.timeout = timeout
+        self.retry_budget = retry_budget
+        self.pool_size = pool_size
+        self._local = threading.local()
+        self._sleep = sleep
+        self._rng = random.Random()
+        self.tokens = TokenManager(auth, self._new_client)
+        self.requests: Counter[tuple[str, str]] = Counter()
+        self._count_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"VaultConnection({self.addr!r}, namespace={self.namespace!r})"
+
+    def _new_client(self) -> hvac.Client:
+        session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=2)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        return hvac.Client(
+            url=self.addr,
+            namespace=self.namespace,
+            verify=self.tls.verify,
+            cert=self.tls.cert,
+            timeout=self.timeout,
+            session=session,
+        )
+
+    def client(self) -> hvac.Client:
+        """This thread's hvac client, holding the current token."""
+        client: hvac.Client | None = getattr(self._local, "client", None)
+        if client is None:
+            client = self._new_client()
+            self._local.client = client
+        client.token = self.tokens.current().reveal()
+        return client
+
+    def count(self, kind: str, outcome: str) -> None:
+        with self._count_lock:
+            self.requests[(kind, outcome)] += 1
+
+    def total_requests(self) -> int:
+        return sum(self.requests.values())
+
+    def call(self, fn: Callable[[hvac.Client], T], *, path: str, capability: str, kind: str) -> T:
+        """Run one Vault request with retries for transient failures (connection refused,
+        5xx, sealed) inside the retry budget; translate everything else once."""
+        deadline = time.monotonic() + self.retry_budget
+        attempt = 0
+        relogged = False
+        while True:
+            attempt += 1
+            try:
+                result = fn(self.client())
+                self.count(kind, "ok")
+                return result
+            except hvac.exceptions.InvalidPath:
+                self.count(kind, "404")
+                raise
+            except hvac.exceptions.InvalidRequest as exc:
+                self.count(kind, "400")
+                if any(CAS_MISMATCH in str(e) for e in (exc.errors or [])):
+                    raise CasConflict(path=path, expected_version=-1) from None
+                raise VaultError(
+                    f"Vault rejected {capability} on {path!r}: {_errors(exc)}"
+                ) from None
+            except (hvac.exceptions.Forbidden, hvac.exceptions.Unauthorized) as exc:
+                self.count(kind, "403")
+                if not relogged and self._token_is_dead():
+                    relogged = True
+                    self.tokens.invalidate()
+                    continue
+                if isinstance(exc, hvac.exceptions.Unauthorized):
+                    raise VaultAuthError("Vault token is invalid or expired") from None
+                raise VaultPermissionDenied(path=path, capability=capability) from None
+            except (VaultAuthError, VaultUnavailable) as exc:
+                failure: VaultError = exc
+            except (
+                hvac.exceptions.VaultDown,
+                hvac.exceptions.InternalServerError,
+                hvac.exceptions.BadGateway,
+                hvac.exceptions.RateLimitExceeded,
+                hvac.exceptions.UnexpectedError,
+            ) as exc:
+                self.count(kind, "5xx")
+                sealed = isinstance(exc, hvac.exceptions.VaultDown)
+                failure = VaultUnavailable(
+                    f"Vault at {self.addr} is {'sealed or in standby' if sealed else 'failing'} "
+                    f"({type(exc).__name__}) during {capability} on {path!r}"
+                )
+            except requests.exceptions.RequestException as exc:
+                self.count(kind, "error")
+                failure = VaultUnavailable(
+                    f"Vault at {self.addr} is unreachable ({type(exc).__name__})",
+                    hint="check VAULT_ADDR and that Vault is running",
+                )
+            wait = min(10.0, 0.25 * 2 ** (attempt - 1)) * self._rng.uniform(0.5, 1.0)
+            if time.monotonic() + wait > deadline:
+                raise failure
+            log.debug("retrying Vault %s on %s in %.2fs: %s", capability, path, wait, failure)
+            self._sleep(wait)
+
+    def _token_is_dead(self) -> bool:
+        """Vault answers 403 both for 'policy says no' and 'token revoked/expired'; tell apart."""
+        client = self._local.client if hasattr(self._local, "client") else self._new_client()
+        try:
+            client.auth.token.lookup_self()
+        except (hvac.exceptions.Forbidden, hvac.exceptions.Unauthorized):
+            return True
+        except (hvac.exceptions.VaultError, requests.exceptions.RequestException):
+            return False
+        return False
+
+
+def _errors(exc: hvac.exceptions.VaultError) -> str:
+    errors = exc.errors or [type(exc).__name__]
+    return "; ".join(str(e) for e in errors)[:300]

@@ -1,0 +1,244 @@
+"""KV storage for vault-zpa's secrets: the `KvStore` contract and its hvac implementation.
+
+KV v2 (the default): data writes always carry check-and-set against the version read; volatile
+facts go to `custom_metadata`, which creates no version. KV v1 has neither versions nor
+metadata: the volatile facts ride in the data under `_meta_*` keys together with the `ttl` lease
+hint, and writes are read-compare-write (documented in the README).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import hvac
+import hvac.exceptions
+
+from vault_zpa.errors import CasConflict, VaultMountError, VaultPermissionDenied
+from vault_zpa.model import StoredSecret
+from vault_zpa.vault.connection import VaultConnection
+
+V1_META_PREFIX = "_meta_"
+
+
+class KvStore(Protocol):
+    """What the sync engine needs from Vault. Paths are relative to the mount."""
+
+    kv_version: int
+
+    def read(self, path: str) -> StoredSecret | None: ...
+
+    def list_tree(self, root: str) -> list[str]: ...
+
+    def write(
+        self, path: str, data: Mapping[str, str], *, cas: int, custom_metadata: Mapping[str, str]
+    ) -> int: ...
+
+    def write_metadata(self, path: str, custom_metadata: Mapping[str, str]) -> None: ...
+
+    def soft_delete(self, path: str) -> None: ...
+
+
+def detect_kv_version(conn: VaultConnection, mount: str) -> int:
+    """Read `sys/mounts/<mount>`: 1 or 2; a missing or non-KV mount is a configuration error."""
+    try:
+        info = conn.call(
+            lambda c: c.adapter.get(f"/v1/sys/mounts/{mount}"),
+            path=f"sys/mounts/{mount}",
+            capability="read",
+            kind="sys",
+        )
+    except hvac.exceptions.InvalidPath:
+        raise VaultMountError(
+            f"Vault has no secrets engine mounted at {mount!r}",
+            hint="enable one: vault secrets enable -path=" + mount + " kv-v2",
+        ) from None
+    except VaultPermissionDenied:
+        raise VaultMountError(
+            f"this token may not read sys/mounts/{mount}, so the KV version is unknown",
+            hint="set VAULT_ZPA_KV_VERSION=2 (or 1), or grant read on sys/mounts/" + mount,
+        ) from None
+    data = info.get("data", info) if isinstance(info, dict) else {}
+    if data.get("type") not in ("kv", "generic"):
+        raise VaultMountError(f"the mount {mount!r} is a {data.get('type')!r} engine, not KV")
+    version = str((data.get("options") or {}).get("version") or "1")
+    return 2 if version == "2" else 1
+
+
+class HvacKvStore:
+    """KvStore over a real Vault/OpenBao, through `VaultConnection.call` for every request."""
+
+    def __init__(
+        self,
+        conn: VaultConnection,
+        *,
+        mount: str,
+        kv_version: int = 2,
+        max_versions: int = 5,
+        ttl: str | None = None,
+    ) -> None:
+        self.conn = conn
+        self.mount = mount
+        self.kv_version = kv_version
+        self.max_versions = max_versions
+        self.ttl = ttl
+
+    def __repr__(self) -> str:
+        return f"HvacKvStore({self.conn.addr!r}, mount={self.mount!r}, v{self.kv_version})"
+
+    def _full(self, path: str, area: str) -> str:
+        return f"{self.mount}/{area}/{path}" if self.kv_version == 2 else f"{self.mount}/{path}"
+
+    # -- reads --------------------------------------------------------------------------
+
+    def read(self, path: str) -> StoredSecret | None:
+        """GET <mount>/data/<path> (v2: data, version and custom_metadata in one request)."""
+        if self.kv_version == 1:
+            return self._read_v1(path)
+
+        def get(c: hvac.Client) -> Any:
+            return c.secrets.kv.v2.read_secret_version(
+                path=path, mount_point=self.mount, raise_on_deleted_version=False
+            )
+
+        try:
+            body = self.conn.call(
+                get, path=self._full(path, "data"), capability="read", kind="read"
+            )
+        except hvac.exceptions.InvalidPath:
+            return None
+        payload = body.get("data") or {}
+        meta = payload.get("metadata") or {}
+        data = payload.get("data")
+        return StoredSecret(
+            path=path,
+            version=int(meta.get("version") or 0),
+            data=_strings(data) if isinstance(data, dict) else None,
+            custom_metadata=_strings(meta.get("custom_metadata") or {}),
+        )
+
+    def _read_v1(self, path: str) -> StoredSecret | None:
+        try:
+            body = self.conn.call(
+                lambda c: c.secrets.kv.v1.read_secret(path=path, mount_point=self.mount),
+                path=self._full(path, ""),
+                capability="read",
+                kind="read",
+            )
+        except hvac.exceptions.InvalidPath:
+            return None
+        raw = _strings(body.get("data") or {})
+        data = {k: v for k, v in raw.items() if not k.startswith(V1_META_PREFIX) and k != "ttl"}
+        meta = {k[len(V1_META_PREFIX) :]: v for k, v in raw.items() if k.startswith(V1_META_PREFIX)}
+        return StoredSecret(path=path, version=0, data=data, custom_metadata=meta)
+
+    def list_tree(self, root: str) -> list[str]:
+        """LIST <mount>/metadata/<root>/ recursively: every leaf path under `root`."""
+        out: list[str] = []
+        pending = [root.rstrip("/") + "/"]
+        while pending:
+            folder = pending.pop()
+
+            def ls(c: hvac.Client, folder: str = folder) -> Any:
+                if self.kv_version == 2:
+                    return c.secrets.kv.v2.list_secrets(path=folder, mount_point=self.mount)
+                return c.secrets.kv.v1.list_secrets(path=folder, mount_point=self.mount)
+
+            try:
+                body = self.conn.call(
+                    ls, path=self._full(folder, "metadata"), capability="list", kind="list"
+                )
+            except hvac.exceptions.InvalidPath:
+                continue
+            for name in (body.get("data") or {}).get("keys") or []:
+                if name.endswith("/"):
+                    pending.append(folder + name)
+                else:
+                    out.append(folder + name)
+        return sorted(out)
+
+    # -- writes -------------------------------------------------------------------------
+
+    def write(
+        self, path: str, data: Mapping[str, str], *, cas: int, custom_metadata: Mapping[str, str]
+    ) -> int:
+        """v2: POST data with options.cas, then POST metadata. Returns the new version."""
+        if self.kv_version == 1:
+            self._write_v1(path, data, custom_metadata)
+            return 0
+
+        def put(c: hvac.Client) -> Any:
+            return c.secrets.kv.v2.create_or_update_secret(
+                path=path, secret=dict(data), cas=cas, mount_point=self.mount
+            )
+
+        try:
+            body = self.conn.call(
+                put, path=self._full(path, "data"), capability="update", kind="write"
+            )
+        except CasConflict:
+            raise CasConflict(path=path, expected_version=cas) from None
+        version = int((body.get("data") or {}).get("version") or 0)
+        self.write_metadata(path, custom_metadata)
+        return version
+
+    def write_metadata(self, path: str, custom_metadata: Mapping[str, str]) -> None:
+        """POST <mount>/metadata/<path>: custom_metadata and max_versions; no new version.
+        `delete_version_after` is sent as 0s on purpose (hvac always sends it)."""
+        if self.kv_version == 1:
+            current = self._read_v1(path)
+            if current is not None and current.data is not None:
+                self._write_v1(path, current.data, custom_metadata)
+            return
+
+        def meta(c: hvac.Client) -> Any:
+            return c.secrets.kv.v2.update_metadata(
+                path=path,
+                mount_point=self.mount,
+                max_versions=self.max_versions,
+                custom_metadata=_fit_metadata(custom_metadata),
+                delete_version_after="0s",
+            )
+
+        self.conn.call(
+            meta, path=self._full(path, "metadata"), capability="update", kind="metadata"
+        )
+
+    def _write_v1(
+        self, path: str, data: Mapping[str, str], custom_metadata: Mapping[str, str]
+    ) -> None:
+        body: dict[str, str] = dict(data)
+        body.update({V1_META_PREFIX + k: v for k, v in custom_metadata.items()})
+        if self.ttl:
+            body["ttl"] = self.ttl
+        self.conn.call(
+            lambda c: c.secrets.kv.v1.create_or_update_secret(
+                path=path, secret=body, mount_point=self.mount
+            ),
+            path=self._full(path, ""),
+            capability="update",
+            kind="write",
+        )
+
+    def soft_delete(self, path: str) -> None:
+        """v2: DELETE <mount>/data/<path> (recoverable with `vault kv undelete`)."""
+        if self.kv_version == 1:
+            raise VaultMountError("pruning needs a KV v2 mount: KV v1 deletes are not recoverable")
+        self.conn.call(
+            lambda c: c.secrets.kv.v2.delete_latest_version_of_secret(
+                path=path, mount_point=self.mount
+            ),
+            path=self._full(path, "data"),
+            capability="delete",
+            kind="delete",
+        )
+
+
+def _strings(value: Mapping[str, Any]) -> dict[str, str]:
+    return {str(k): v if isinstance(v, str) else str(v) for k, v in value.items()}
+
+
+def _fit_metadata(meta: Mapping[str, str]) -> dict[str, str]:
+    """Vault's custom_metadata limits: <= 64 keys, keys <= 128, values 1..512 characters."""
+    fitted = {k[:128]: (v or "-")[:512] for k, v in meta.items()}
+    return dict(list(fitted.items())[:64])

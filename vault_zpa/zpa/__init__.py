@@ -1,0 +1,1 @@
+"""The ZPA source: authentication, clouds, rate limiting, retries and paging over httpx."""
