@@ -1,0 +1,113 @@
+"""Fixtures: one real OpenBao dev server per session (a fresh KV mount per test), a ZPA simulator
+per test, and a helper that runs the real `vault-zpa` entry point in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from vault_zpa.testing.openbao import OpenBaoDevServer, bao_binary
+from vault_zpa.testing.zpa_simulator import ZpaSimulator
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def openbao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenBaoDevServer]:
+    """A real `bao server -dev` for the whole session."""
+    server = OpenBaoDevServer(log_dir=str(tmp_path_factory.mktemp("bao")))
+    server.start()
+    yield server
+    server.stop()
+
+
+@dataclass
+class Vault:
+    """One test's slice of the shared OpenBao: its own KV mount."""
+
+    server: OpenBaoDevServer
+    mount: str
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**self.server.env(), "VAULT_ZPA_MOUNT": self.mount}
+
+    def api(self, method: str, path: str, **kwargs: object) -> httpx.Response:
+        return httpx.request(
+            method,
+            f"{self.server.addr}/v1/{path}",
+            headers={"X-Vault-Token": self.server.root_token},
+            timeout=30,
+            **kwargs,
+        )  # type: ignore[arg-type]
+
+    def bao(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run the real `bao` CLI against this server (token via the environment)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
+        env.update(self.server.env())
+        return subprocess.run(
+            [bao_binary(), *args], env=env, capture_output=True, text=True, check=check, timeout=60
+        )
+
+    def kv_get(self, path: str) -> dict[str, object]:
+        """`bao kv get -format=json <mount>/<path>`, parsed."""
+        out = self.bao("kv", "get", "-format=json", f"{self.mount}/{path}")
+        return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+    def metadata(self, path: str) -> dict[str, object]:
+        response = self.api("GET", f"{self.mount}/metadata/{path}")
+        response.raise_for_status()
+        return response.json()["data"]  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def vault(openbao: OpenBaoDevServer) -> Iterator[Vault]:
+    mount = f"kv-{uuid.uuid4().hex[:10]}"
+    v = Vault(openbao, mount)
+    v.api(
+        "POST", f"sys/mounts/{mount}", json={"type": "kv", "options": {"version": "2"}}
+    ).raise_for_status()
+    yield v
+    v.api("DELETE", f"sys/mounts/{mount}")
+
+
+@pytest.fixture
+def sim() -> Iterator[ZpaSimulator]:
+    """A ZPA simulator without rate limits (tests of the limits turn them on themselves)."""
+    with ZpaSimulator(
+        seed=1, connector_groups=3, service_edge_groups=2, rate_limits=False
+    ) as simulator:
+        yield simulator
+
+
+def clean_env(*parts: Mapping[str, str]) -> dict[str, str]:
+    """The test process's environment minus anything vault-zpa reads, plus `parts`."""
+    prefixes = ("VAULT_", "BAO_", "ZPA_", "ZSCALER_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+    for part in parts:
+        env.update(part)
+    return env
+
+
+def run_cli(
+    *args: str, env: Mapping[str, str], timeout: float = 120, input_text: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m vault_zpa ARGS` (the real entry point) and capture everything."""
+    return subprocess.run(
+        [sys.executable, "-m", "vault_zpa", *args],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=input_text,
+        cwd=ROOT,
+    )
