@@ -399,6 +399,7 @@ class _Reply(Exception):
         self.status = status
         self.body = body
         self.headers = headers or {}
+        self.malformed = False
 
 
 class _Drop(Exception):
@@ -434,11 +435,12 @@ class _Handler(BaseHTTPRequestHandler):
         query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
-        endpoint = "other"
-        malformed = False
+        endpoint = _endpoint_name(parts.path.split("/"))
+        if parts.path in ("/signin", "/oauth2/v1/token"):
+            endpoint = "auth"
         try:
             try:
-                endpoint, malformed = _route(self.sim, self, method, parts.path, query, raw)
+                _route(self.sim, self, method, parts.path, query, raw)
             except _Reply:
                 raise
             except Exception as exc:
@@ -450,17 +452,20 @@ class _Handler(BaseHTTPRequestHandler):
         except _Reply as reply:
             self._count(method, endpoint, str(reply.status))
             body = b"" if reply.body is None else json.dumps(reply.body).encode()
-            if malformed and reply.status == 200:
+            if reply.malformed and reply.status == 200:
                 body = body[: max(1, len(body) // 2)]
-            self.send_response(reply.status)
-            for name, value in reply.headers.items():
-                self.send_header(name, value)
-            if body:
-                self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            if body:
-                self.wfile.write(body)
+            try:
+                self.send_response(reply.status)
+                for name, value in reply.headers.items():
+                    self.send_header(name, value)
+                if body:
+                    self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if body:
+                    self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True  # the client gave up (its timeout); fine
 
     def _count(self, method: str, endpoint: str, status: str) -> None:
         with self.sim._lock:
@@ -483,7 +488,7 @@ def _json_body(raw: bytes) -> dict[str, Any]:
 
 def _route(
     sim: ZpaSimulator, handler: _Handler, method: str, path: str, query: dict[str, str], raw: bytes
-) -> tuple[str, bool]:
+) -> None:
     if path.startswith("/_sim/"):
         _admin(sim, method, path, raw)
     if path == "/signin" and method == "POST":
@@ -524,20 +529,24 @@ def _route(
         )
     if sim.faults.latency:
         time.sleep(sim.faults.latency)
-    tenant = query.get("microtenantId") or None
-    if rest[:1] == ["associationType"] and len(rest) >= 3 and rest[2] == "provisioningKey":
-        _keys(sim, method, version, atype, rest[3:], query, raw, tenant, malformed)
-    if version == "v1" and rest[0] in GROUP_KINDS:
-        _groups(sim, method, GROUP_KINDS[rest[0]], rest[1:], query, raw, tenant, malformed)
-    if rest[0] == "enrollmentCert":
-        if version == "v2" and len(rest) == 1 and method == "GET":
-            raise _Reply(200, _page(list(sim.certs.values()), query), {}) from None
-        if version == "v1" and len(rest) == 2 and method == "GET":
-            cert = sim.certs.get(rest[1])
-            if cert is None:
-                raise _error(404, "resource.not.found", "Enrollment certificate not found")
-            raise _Reply(200, cert)
-    raise _error(404, "resource.not.found", f"No such endpoint: {method} {endpoint}")
+    try:
+        tenant = query.get("microtenantId") or None
+        if rest[:1] == ["associationType"] and len(rest) >= 3 and rest[2] == "provisioningKey":
+            _keys(sim, method, version, atype, rest[3:], query, raw, tenant)
+        if version == "v1" and rest[0] in GROUP_KINDS:
+            _groups(sim, method, GROUP_KINDS[rest[0]], rest[1:], query, raw, tenant)
+        if rest[0] == "enrollmentCert":
+            if version == "v2" and len(rest) == 1 and method == "GET":
+                raise _Reply(200, _page(list(sim.certs.values()), query), {}) from None
+            if version == "v1" and len(rest) == 2 and method == "GET":
+                cert = sim.certs.get(rest[1])
+                if cert is None:
+                    raise _error(404, "resource.not.found", "Enrollment certificate not found")
+                raise _Reply(200, cert)
+        raise _error(404, "resource.not.found", f"No such endpoint: {method} {endpoint}")
+    except _Reply as reply:
+        reply.malformed = malformed
+        raise
 
 
 def _endpoint_name(rest: list[str]) -> str:
@@ -664,7 +673,6 @@ def _keys(
     query: dict[str, str],
     raw: bytes,
     tenant: str | None,
-    malformed: bool,
 ) -> None:
     if version != "v1":
         raise _error(404, "resource.not.found", "No such endpoint")
@@ -763,7 +771,6 @@ def _groups(
     query: dict[str, str],
     raw: bytes,
     tenant: str | None,
-    malformed: bool,
 ) -> None:
     with sim._lock:
         store = sim.groups[atype]

@@ -105,6 +105,15 @@ class ZpaClient:
     def __repr__(self) -> str:
         return f"ZpaClient({self._auth.describe}, {self._v1!r})"
 
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> ZpaClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # ---- provisioning keys -------------------------------------------------------------
 
     def list_provisioning_keys(self, association_type: AssociationType) -> list[ProvisioningKey]:
@@ -380,7 +389,9 @@ class ZpaClient:
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 self.stats.requests[("POST", "auth", "error")] += 1
                 failure: Exception = ZpaUnavailable(
-                    f"ZPA sign-in ({self._auth.describe}): {type(exc).__name__}"
+                    f"ZPA sign-in ({self._auth.describe}) at {_host(str(exc.request.url))}: "
+                    f"{type(exc).__name__}",
+                    hint="check network access to the ZPA API and the cloud setting",
                 )
             else:
                 self.stats.requests[("POST", "auth", str(response.status_code))] += 1
