@@ -287,6 +287,8 @@ class ZpaClient:
         want_json: bool = False,
     ) -> httpx.Response:
         policy = self._retry
+        if self.microtenant_id:
+            params = {**(params or {}), "microtenantId": self.microtenant_id}
         deadline = self._clock() + policy.budget
         limiter = self._get_limiter if method == "GET" else self._write_limiter
         reauthed = False
