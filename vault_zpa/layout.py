@@ -36,7 +36,7 @@ def slug(name: str, *, fallback: str) -> str:
 
 
 def group_slug(group_name: str, group_id: str) -> str:
-    return slug(group_name, fallback=f"group-{slug(group_id, fallback='unknown')}")
+    return slug(group_name, fallback=slug(f"group-{group_id}", fallback="group-unknown"))
 
 
 def validate_prefix(prefix: str) -> str:

@@ -1,0 +1,229 @@
+"""The pure planner, table-driven: which key a group gets and what happens to each path."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+import pytest
+
+from vault_zpa.masking import Secret
+from vault_zpa.model import (
+    MANAGED_BY,
+    Action,
+    AssociationType,
+    Listing,
+    ProvisioningKey,
+    StoredSecret,
+)
+from vault_zpa.reconcile import (
+    Scope,
+    TypeRule,
+    desired,
+    plan,
+    secret_data,
+    select_key,
+    volatile_metadata,
+)
+
+CG = AssociationType.CONNECTOR_GRP
+SE = AssociationType.SERVICE_EDGE_GRP
+NOW = datetime(2026, 11, 27, tzinfo=UTC)
+RULES = {CG: TypeRule(), SE: TypeRule()}
+
+
+def key(
+    kid: str,
+    *,
+    group: str = "g1",
+    name: str | None = None,
+    created: int = 100,
+    usage: int = 0,
+    max_usage: int = 10,
+    enabled: bool = True,
+    group_name: str = "Group One",
+    atype: AssociationType = CG,
+) -> ProvisioningKey:
+    return ProvisioningKey(
+        id=kid,
+        name=name or f"key-{kid}",
+        association_type=atype,
+        key=Secret(f"3|h|{kid}"),
+        group_id=group,
+        group_name=group_name,
+        enrollment_cert_id="9",
+        enrollment_cert_name="Connector",
+        max_usage=max_usage,
+        usage_count=usage,
+        enabled=enabled,
+        creation_time=created,
+        modified_time=created,
+    )
+
+
+@pytest.mark.parametrize(
+    ("keys", "pattern", "chosen"),
+    [
+        ([key("1", created=100), key("2", created=200)], None, "2"),  # newest wins
+        ([key("1", created=100), key("2", created=200, enabled=False)], None, "1"),  # disabled
+        ([key("1", created=100), key("2", created=200, usage=10)], None, "1"),  # exhausted
+        ([key("9", created=100), key("10", created=100)], None, "10"),  # tie: numeric id
+        ([key("1", enabled=False), key("2", usage=10, max_usage=10)], None, None),  # none
+        (
+            [key("1", name="blue-a", created=300), key("2", name="green-b", created=100)],
+            "green-.*",
+            "2",
+        ),  # pattern filters
+        ([key("1", name="blue-a")], "green-.*", None),
+    ],
+)
+def test_select_key(keys: list[ProvisioningKey], pattern: str | None, chosen: str | None) -> None:
+    """DESIGN.md's selection: enabled, not exhausted, newest creationTime, ties by id."""
+    picked = select_key(keys, re.compile(pattern) if pattern else None)
+    assert (picked.id if picked else None) == chosen
+
+
+def run(
+    keys: list[ProvisioningKey],
+    stored: dict[str, StoredSecret] | None = None,
+    *,
+    scope: Scope = Scope(),
+    complete: bool = True,
+    types: tuple[AssociationType, ...] = (CG,),
+) -> dict[str, tuple[Action, str]]:
+    listings = [
+        Listing(t, tuple(k for k in keys if k.association_type is t), complete=complete)
+        for t in types
+    ]
+    d = desired(listings, prefix="zpa", rules=RULES, scope=scope)
+    p = plan(d, listings=listings, stored=stored or {}, rules=RULES, scope=scope, now=NOW)
+    return {i.path or f"<{i.group_name}>": (i.action, i.reason) for i in p.items}
+
+
+def managed(k: ProvisioningKey, *, version: int = 1, **meta: str) -> StoredSecret:
+    return StoredSecret(
+        "x",
+        version,
+        secret_data(k),
+        {**volatile_metadata(k, TypeRule()), "last_synced_at": "t", **meta},
+    )
+
+
+PATH = "zpa/CONNECTOR_GRP/Group-One"
+
+
+@pytest.mark.parametrize(
+    ("stored", "zpa_key", "action"),
+    [
+        (None, key("1"), Action.CREATE),
+        (managed(key("1")), key("1"), Action.UNCHANGED),
+        (managed(key("1")), key("1", usage=3), Action.METADATA),
+        (managed(key("1")), key("1", max_usage=20), Action.UPDATE),
+        (managed(key("1")), key("2", created=500), Action.UPDATE),
+        (StoredSecret(PATH, 3, {"provisioning_key": "mine"}, {}), key("1"), Action.CONFLICT),
+        (StoredSecret(PATH, 2, None, {"managed_by": MANAGED_BY}), key("1"), Action.UPDATE),
+        (StoredSecret(PATH, 1, secret_data(key("1")), {}), key("1"), Action.METADATA),
+    ],
+    ids=[
+        "create",
+        "unchanged",
+        "usage-is-metadata",
+        "max-usage-is-data",
+        "new-key",
+        "unowned-conflict",
+        "deleted-rewritten",
+        "interrupted-create-claimed",
+    ],
+)
+def test_plan_single_group(
+    stored: StoredSecret | None, zpa_key: ProvisioningKey, action: Action
+) -> None:
+    """Each state of one path yields exactly the documented action."""
+    result = run([zpa_key], {PATH: stored} if stored else {})
+    assert result[PATH][0] is action
+
+
+def test_adopt_takes_over_an_unowned_path() -> None:
+    """--adopt turns the conflict into an update that marks the path as ours."""
+    stored = {PATH: StoredSecret(PATH, 3, {"provisioning_key": "mine"}, {})}
+    assert run([key("1")], stored, scope=Scope(adopt=True))[PATH][0] is Action.UPDATE
+
+
+def test_write_carries_the_version_read() -> None:
+    """The check-and-set version of a write is the version the plan read."""
+    listings = [Listing(CG, (key("1", max_usage=20),))]
+    d = desired(listings, prefix="zpa", rules=RULES, scope=Scope())
+    p = plan(
+        d,
+        listings=listings,
+        stored={PATH: managed(key("1"), version=7)},
+        rules=RULES,
+        scope=Scope(),
+        now=NOW,
+    )
+    assert p.items[0].expected_version == 7
+
+
+def test_no_eligible_key_keeps_the_secret_and_marks_it() -> None:
+    """All keys exhausted: skipped with a reason; the old secret stays, marked in metadata."""
+    stored = {PATH: managed(key("1"))}
+    listings = [Listing(CG, (key("1", usage=10),))]
+    d = desired(listings, prefix="zpa", rules=RULES, scope=Scope())
+    p = plan(d, listings=listings, stored=stored, rules=RULES, scope=Scope(), now=NOW)
+    [item] = p.items
+    assert item.action is Action.SKIPPED
+    assert "1 exhausted" in item.reason
+    assert item.custom_metadata is not None
+    assert item.custom_metadata["key_state"] == "no-eligible-key"
+    assert item.data is None
+
+
+def test_slug_collision_is_a_conflict_for_both_groups() -> None:
+    """'a b' and 'a/b' both slug to 'a-b': both reported, neither written."""
+    keys = [key("1", group="g1", group_name="a b"), key("2", group="g2", group_name="a/b")]
+    listings = [Listing(CG, tuple(keys))]
+    d = desired(listings, prefix="zpa", rules=RULES, scope=Scope())
+    p = plan(d, listings=listings, stored={}, rules=RULES, scope=Scope(), now=NOW)
+    assert [i.action for i in p.items] == [Action.CONFLICT, Action.CONFLICT]
+    assert all("collides" in i.reason for i in p.items)
+
+
+def test_orphans_reported_and_pruned_only_on_request() -> None:
+    """A managed path whose group is gone is an orphan; --prune turns it into a soft delete."""
+    gone = key("5", group="g5", group_name="Gone")
+    stored = {"zpa/CONNECTOR_GRP/Gone": managed(gone)}
+    assert run([key("1")], stored)["zpa/CONNECTOR_GRP/Gone"][0] is Action.ORPHAN
+    pruned = run([key("1")], stored, scope=Scope(prune=True))
+    assert pruned["zpa/CONNECTOR_GRP/Gone"][0] is Action.PRUNE
+
+
+def test_nothing_is_orphaned_from_an_incomplete_listing() -> None:
+    """A failed listing proves nothing is gone: no orphan, no prune, no writes for that type."""
+    stored = {"zpa/CONNECTOR_GRP/Gone": managed(key("5", group="g5", group_name="Gone"))}
+    assert run([], stored, scope=Scope(prune=True), complete=False) == {}
+
+
+def test_unmanaged_and_other_type_paths_are_never_orphans() -> None:
+    """Paths not marked as ours, or of a type not in this run, are left alone."""
+    edge = key("7", group="e1", group_name="Edge", atype=SE)
+    stored = {
+        "zpa/CONNECTOR_GRP/Theirs": StoredSecret("x", 1, {"association_type": "CONNECTOR_GRP"}, {}),
+        "zpa/SERVICE_EDGE_GRP/Edge": managed(edge),
+    }
+    assert run([key("1")], stored, scope=Scope(prune=True)) == {
+        PATH: (Action.CREATE, "new group in ZPA")
+    }
+
+
+def test_group_filter_limits_the_plan_and_disables_orphans() -> None:
+    """--group NAME plans only that group and never reports others as orphans."""
+    keys = [key("1", group="g1", group_name="One"), key("2", group="g2", group_name="Two")]
+    stored = {"zpa/CONNECTOR_GRP/Gone": managed(key("5", group="g5", group_name="Gone"))}
+    result = run(keys, stored, scope=Scope(groups=frozenset({"Two"}), prune=True))
+    assert list(result) == ["zpa/CONNECTOR_GRP/Two"]
+
+
+def test_lease_runs_from_key_creation() -> None:
+    """lease_expires_at = creationTime + lease, the same on every run and replica."""
+    meta = volatile_metadata(key("1", created=1767225600), TypeRule(lease_seconds=86400))
+    assert meta["lease_expires_at"] == "2026-01-02T00:00:00Z"
