@@ -30,6 +30,7 @@ CG = AssociationType.CONNECTOR_GRP
 SE = AssociationType.SERVICE_EDGE_GRP
 NOW = datetime(2026, 11, 27, tzinfo=UTC)
 RULES = {CG: TypeRule(), SE: TypeRule()}
+NO_SCOPE = Scope()
 
 
 def key(
@@ -87,7 +88,7 @@ def run(
     keys: list[ProvisioningKey],
     stored: dict[str, StoredSecret] | None = None,
     *,
-    scope: Scope = Scope(),
+    scope: Scope = NO_SCOPE,
     complete: bool = True,
     types: tuple[AssociationType, ...] = (CG,),
 ) -> dict[str, tuple[Action, str]]:
