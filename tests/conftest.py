@@ -15,8 +15,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from vault_zpa import build
+from vault_zpa.config import Settings, load
+from vault_zpa.sync import SyncOptions
 from vault_zpa.testing.openbao import OpenBaoDevServer, bao_binary
 from vault_zpa.testing.zpa_simulator import ZpaSimulator
+from vault_zpa.vault.kv import HvacKvStore
+from vault_zpa.zpa.client import ZpaClient
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -78,6 +83,33 @@ def vault(openbao: OpenBaoDevServer) -> Iterator[Vault]:
     ).raise_for_status()
     yield v
     v.api("DELETE", f"sys/mounts/{mount}")
+
+
+@dataclass
+class Wired:
+    """The library objects a CLI run would build, for tests that drive run_once directly."""
+
+    settings: Settings
+    store: HvacKvStore
+    zpa: ZpaClient
+
+    def options(self, **kw: object) -> SyncOptions:
+        return SyncOptions(
+            association_types=self.settings.association_types,
+            prefix=self.settings.vault.prefix,
+            rules=dict(self.settings.rules),
+            **kw,
+        )  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def wired(sim: ZpaSimulator, vault: Vault) -> Iterator[Wired]:
+    settings = load(path=None, environ={**sim.env(), **vault.env})
+    store = build.kv_store(settings)
+    zpa = build.zpa_client(settings.zpa())
+    yield Wired(settings, store, zpa)
+    store.close()
+    zpa.close()
 
 
 @pytest.fixture

@@ -55,11 +55,21 @@ def common_options(fn: F) -> F:
 
 
 def settings_from(
-    config_path: str | None, log_level: str | None, log_format: str | None, **flags: Any
+    config_path: str | None,
+    log_level: str | None,
+    log_format: str | None,
+    *,
+    quiet: bool = True,
+    flags: dict[str, Any] | None = None,
 ) -> Settings:
-    values = {"log.level": log_level, "log.format": log_format, **flags}
+    """Load settings and set up logging. One-shot commands (quiet) log warnings and up unless
+    a level is asked for; the daemon logs info by default."""
+    values = {"log.level": log_level, "log.format": log_format, **(flags or {})}
     settings = load(path=config_path, environ=os.environ, flags=values)
-    logs.setup(settings.log_level, settings.log_format)
+    level = settings.log_level
+    if quiet and settings.sources["log.level"] == "default":
+        level = "warning"
+    logs.setup(level, settings.log_format)
     logs.new_run_id()
     return settings
 
@@ -122,7 +132,7 @@ def sync(
         config_path,
         log_level,
         log_format,
-        **{
+        flags={
             "vault.mount": mount,
             "vault.prefix": prefix,
             "vault.concurrency": concurrency,
@@ -139,8 +149,12 @@ def sync(
         dry_run=dry_run,
         concurrency=settings.vault.concurrency,
     )
-    with _progress(enabled=output == "text") as progress:
-        result = run_once(source=zpa, store=store, options=options, progress=progress)
+    try:
+        with _progress(enabled=output == "text") as progress:
+            result = run_once(source=zpa, store=store, options=options, progress=progress)
+    finally:
+        store.close()
+        zpa.close()
     if output == "json":
         click.echo(report.dumps(report.to_json(result, mount=settings.vault.mount, reveal=reveal)))
     else:

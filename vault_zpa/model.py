@@ -180,7 +180,11 @@ class Report:
 
     @property
     def failed(self) -> bool:
-        return bool(self.errors) or any(r.outcome is Outcome.FAILED for r in self.results)
+        """Exit code 1: a listing failed, a write failed, or a group could not be written
+        because of a conflict (unowned path, slug collision)."""
+        return bool(self.errors) or any(
+            r.outcome is Outcome.FAILED or r.item.action is Action.CONFLICT for r in self.results
+        )
 
     def count(self, action: Action) -> int:
         return sum(1 for r in self.results if r.item.action is action)

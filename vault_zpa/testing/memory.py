@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from vault_zpa.errors import CasConflict
@@ -27,6 +28,13 @@ class MemoryKvStore:
         self.writes = 0
         self.metadata_writes = 0
         self.reads = 0
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="memory-kv")
+
+    def executor(self) -> Executor:
+        return self._pool
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
 
     def read(self, path: str) -> StoredSecret | None:
         with self._lock:

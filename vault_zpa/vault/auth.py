@@ -193,7 +193,9 @@ class TokenManager:
             requests.exceptions.RequestException,
         ) as exc:
             raise VaultUnavailable(
-                f"Vault {self.method.describe} login failed: {type(exc).__name__}"
+                f"Vault at {getattr(client, 'url', '?')} is unreachable or failing during "
+                f"{self.method.describe} login ({type(exc).__name__})",
+                hint="check VAULT_ADDR and that Vault is running and unsealed",
             ) from None
         self.logins += 1
         self._schedule(now, login)

@@ -9,6 +9,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -81,6 +82,8 @@ class VaultConnection:
         self.tokens = TokenManager(auth, self._new_client)
         self.requests: Counter[tuple[str, str]] = Counter()
         self._count_lock = threading.Lock()
+        self._sessions: list[requests.Session] = []
+        self._pool: ThreadPoolExecutor | None = None
 
     def __repr__(self) -> str:
         return f"VaultConnection({self.addr!r}, namespace={self.namespace!r})"
@@ -90,6 +93,8 @@ class VaultConnection:
         adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=2)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
+        with self._count_lock:
+            self._sessions.append(session)
         return hvac.Client(
             url=self.addr,
             namespace=self.namespace,
@@ -98,6 +103,26 @@ class VaultConnection:
             timeout=self.timeout,
             session=session,
         )
+
+    def executor(self) -> ThreadPoolExecutor:
+        """The bounded pool all concurrent Vault I/O runs on; its threads (and their
+        sessions) live as long as the connection, so runs reuse connections."""
+        with self._count_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    max_workers=self.pool_size, thread_name_prefix="vault-io"
+                )
+            return self._pool
+
+    def close(self) -> None:
+        with self._count_lock:
+            pool, self._pool = self._pool, None
+            sessions, self._sessions = self._sessions, []
+        if pool is not None:
+            pool.shutdown(wait=True)
+        for session in sessions:
+            session.close()
+        self._local = threading.local()
 
     def client(self) -> hvac.Client:
         """This thread's hvac client, holding the current token."""
@@ -146,7 +171,7 @@ class VaultConnection:
                 if isinstance(exc, hvac.exceptions.Unauthorized):
                     raise VaultAuthError("Vault token is invalid or expired") from None
                 raise VaultPermissionDenied(path=path, capability=capability) from None
-            except (VaultAuthError, VaultUnavailable) as exc:
+            except VaultUnavailable as exc:
                 failure: VaultError = exc
             except (
                 hvac.exceptions.VaultDown,

@@ -9,12 +9,13 @@ hint, and writes are read-compare-write (documented in the README).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from concurrent.futures import Executor
 from typing import Any, Protocol
 
 import hvac
 import hvac.exceptions
 
-from vault_zpa.errors import CasConflict, VaultMountError, VaultPermissionDenied
+from vault_zpa.errors import CasConflict, VaultError, VaultMountError, VaultPermissionDenied
 from vault_zpa.model import StoredSecret
 from vault_zpa.vault.connection import VaultConnection
 
@@ -38,9 +39,17 @@ class KvStore(Protocol):
 
     def soft_delete(self, path: str) -> None: ...
 
+    def executor(self) -> Executor: ...
+
+    def close(self) -> None: ...
+
 
 def detect_kv_version(conn: VaultConnection, mount: str) -> int:
     """Read `sys/mounts/<mount>`: 1 or 2; a missing or non-KV mount is a configuration error."""
+    missing = VaultMountError(
+        f"Vault has no secrets engine mounted at {mount!r}",
+        hint=f"enable one: vault secrets enable -path={mount} kv-v2",
+    )
     try:
         info = conn.call(
             lambda c: c.adapter.get(f"/v1/sys/mounts/{mount}"),
@@ -49,15 +58,17 @@ def detect_kv_version(conn: VaultConnection, mount: str) -> int:
             kind="sys",
         )
     except hvac.exceptions.InvalidPath:
-        raise VaultMountError(
-            f"Vault has no secrets engine mounted at {mount!r}",
-            hint="enable one: vault secrets enable -path=" + mount + " kv-v2",
-        ) from None
+        raise missing from None
     except VaultPermissionDenied:
         raise VaultMountError(
             f"this token may not read sys/mounts/{mount}, so the KV version is unknown",
-            hint="set VAULT_ZPA_KV_VERSION=2 (or 1), or grant read on sys/mounts/" + mount,
+            hint=f"set VAULT_ZPA_KV_VERSION=2 (or 1), or grant read on sys/mounts/{mount}",
         ) from None
+    except VaultError as exc:
+        # OpenBao answers 400 "No secret engine mount at ..." where Vault answers 404.
+        if "no secret engine mount" in exc.message.lower():
+            raise missing from None
+        raise
     data = info.get("data", info) if isinstance(info, dict) else {}
     if data.get("type") not in ("kv", "generic"):
         raise VaultMountError(f"the mount {mount!r} is a {data.get('type')!r} engine, not KV")
@@ -85,6 +96,12 @@ class HvacKvStore:
 
     def __repr__(self) -> str:
         return f"HvacKvStore({self.conn.addr!r}, mount={self.mount!r}, v{self.kv_version})"
+
+    def executor(self) -> Executor:
+        return self.conn.executor()
+
+    def close(self) -> None:
+        self.conn.close()
 
     def _full(self, path: str, area: str) -> str:
         return f"{self.mount}/{area}/{path}" if self.kv_version == 2 else f"{self.mount}/{path}"
