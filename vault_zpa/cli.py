@@ -158,8 +158,66 @@ def sync(
     if output == "json":
         click.echo(report.dumps(report.to_json(result, mount=settings.vault.mount, reveal=reveal)))
     else:
-        click.echo(report.to_text(result, reveal=reveal, verbose=verbose))
+        click.echo(
+            report.to_text(result, mount=settings.vault.mount, reveal=reveal, verbose=verbose)
+        )
     ctx.exit(1 if result.failed else 0)
+
+
+@cli.command()
+@click.option(
+    "--association-type",
+    "association_types",
+    type=TYPES,
+    multiple=True,
+    help="Only this association type (repeatable; default: both).",
+)
+@click.option("--group", "groups", multiple=True, help="Only the group with this exact name.")
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@common_options
+@click.pass_context
+def status(
+    ctx: click.Context,
+    association_types: tuple[str, ...],
+    groups: tuple[str, ...],
+    output: str,
+    config_path: str | None,
+    log_level: str | None,
+    log_format: str | None,
+) -> None:
+    """Compare what Vault holds with ZPA now: usage, drift, leases, orphans. Writes nothing."""
+    from vault_zpa import status as status_view
+    from vault_zpa.sync import inspect
+
+    settings = settings_from(
+        config_path,
+        log_level,
+        log_format,
+        flags={"sync.association_types": list(association_types) or None},
+    )
+    zpa = build.zpa_client(settings.zpa())
+    store = build.kv_store(settings)
+    try:
+        snapshot = inspect(
+            source=zpa,
+            store=store,
+            options=SyncOptions(
+                association_types=settings.association_types,
+                prefix=settings.vault.prefix,
+                rules=dict(settings.rules),
+                scope=Scope(groups=frozenset(groups)),
+                dry_run=True,
+            ),
+        )
+    finally:
+        store.close()
+        zpa.close()
+    mount = settings.vault.mount
+    if output == "json":
+        click.echo(report.dumps(status_view.to_json(snapshot, mount=mount)))
+    else:
+        click.echo(status_view.to_text(snapshot, mount=mount))
+    ctx.exit(1 if snapshot.errors else 0)
 
 
 @contextmanager

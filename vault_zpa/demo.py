@@ -38,7 +38,7 @@ def run(*, keep_running: bool, echo: Callable[[str], None]) -> None:
         )
         result = run_once(source=build.zpa_client(settings.zpa()), store=store, options=options)
         echo("")
-        echo(report.to_text(result))
+        echo(report.to_text(result, mount=settings.vault.mount))
         again = run_once(source=build.zpa_client(settings.zpa()), store=store, options=options)
         echo(
             f"second sync: {again.count(Action.UNCHANGED)} unchanged, "

@@ -80,7 +80,7 @@ def summary_line(report: Report) -> str:
     return f"{head}: {body} ({verb}){tail}"
 
 
-def to_text(report: Report, *, reveal: bool = False, verbose: bool = False) -> str:
+def to_text(report: Report, *, mount: str, reveal: bool = False, verbose: bool = False) -> str:
     rows = [
         r
         for r in report.results
@@ -100,7 +100,7 @@ def to_text(report: Report, *, reveal: bool = False, verbose: bool = False) -> s
                     _clip(r.item.group_name or "", 32),
                     _clip(key.name, 28) if key else "-",
                     f"{key.usage_count}/{key.max_usage}" if key else "-",
-                    r.item.path,
+                    f"{mount}/{r.item.path}",
                     reason or "",
                 )
             )

@@ -20,6 +20,7 @@ from vault_zpa.model import (
     ItemResult,
     Listing,
     Outcome,
+    Plan,
     PlanItem,
     ProvisioningKey,
     Report,
@@ -90,6 +91,66 @@ def read_all(
     return found
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """ZPA and Vault as one run saw them, and the plan decided from both."""
+
+    started: datetime
+    listings: tuple[Listing, ...]
+    stored: dict[str, StoredSecret]
+    plan: Plan
+
+    @property
+    def errors(self) -> tuple[str, ...]:
+        return tuple(
+            f"{listing.association_type.value}: {listing.error}"
+            for listing in self.listings
+            if not listing.complete
+        )
+
+
+def inspect(
+    *,
+    source: KeySource,
+    store: KvStore,
+    options: SyncOptions,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    progress: Progress | None = None,
+) -> Snapshot:
+    """List ZPA, read what Vault holds at every relevant path, and plan. Writes nothing."""
+    started = now()
+    listings = list_all(source, options.association_types)
+    desired = reconcile.desired(
+        listings, prefix=options.prefix, rules=options.rules, scope=options.scope
+    )
+    paths = set(desired.paths)
+    if options.find_orphans and not options.scope.groups:
+        state = layout.state_path(options.prefix, "")
+        for root in _orphan_roots(options):
+            paths.update(p for p in store.list_tree(root) if not p.startswith(state))
+    if progress:
+        progress.start(len(paths))
+    stored = read_all(store, sorted(paths), concurrency=options.concurrency, progress=progress)
+    plan = reconcile.plan(
+        desired,
+        listings=listings,
+        stored=stored,
+        rules=options.rules,
+        scope=options.scope,
+        now=started,
+    )
+    return Snapshot(started, tuple(listings), stored, plan)
+
+
+def _orphan_roots(options: SyncOptions) -> list[str]:
+    """Where managed secrets of this run's types can be: one folder per type with the default
+    layout, else the whole prefix."""
+    templates = {options.rules.get(t, TypeRule()).path_template for t in options.association_types}
+    if all(t.startswith("{prefix}/{association_type}/") for t in templates):
+        return [f"{options.prefix}/{t.value}" for t in options.association_types]
+    return [options.prefix]
+
+
 def run_once(
     *,
     source: KeySource,
@@ -100,38 +161,11 @@ def run_once(
 ) -> Report:
     """One complete sync. Per-item failures are reported, not raised; a failure that makes the
     whole run meaningless (Vault unreachable before anything was read) is raised."""
-    started = now()
-    listings = list_all(source, options.association_types)
-    desired = reconcile.desired(
-        listings, prefix=options.prefix, rules=options.rules, scope=options.scope
-    )
-    paths = desired.paths
-    if options.find_orphans and not options.scope.groups:
-        owned = [
-            p
-            for p in store.list_tree(options.prefix)
-            if not p.startswith(layout.state_path(options.prefix, ""))
-        ]
-        paths = sorted(set(paths) | set(owned))
-    if progress:
-        progress.start(len(paths))
-    stored = read_all(store, paths, concurrency=options.concurrency, progress=progress)
-    plan = reconcile.plan(
-        desired,
-        listings=listings,
-        stored=stored,
-        rules=options.rules,
-        scope=options.scope,
-        now=started,
-    )
-    errors = tuple(
-        f"{listing.association_type.value}: {listing.error}"
-        for listing in listings
-        if not listing.complete
-    )
+    snap = inspect(source=source, store=store, options=options, now=now, progress=progress)
+    plan, listings, started, errors = snap.plan, snap.listings, snap.started, snap.errors
     if options.dry_run:
         results = tuple(
-            ItemResult(i, Outcome.PLANNED if i.action.writes else Outcome.DONE) for i in plan.items
+            ItemResult(i, Outcome.PLANNED if _needs_write(i) else Outcome.DONE) for i in plan.items
         )
     else:
         results = tuple(execute(store, plan.items, concurrency=options.concurrency))

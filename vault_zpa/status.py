@@ -1,0 +1,148 @@
+"""`vault-zpa status`: what Vault holds against what ZPA says now, per group. Read-only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from vault_zpa.model import Action, PlanItem, StoredSecret
+from vault_zpa.sync import Snapshot
+
+SCHEMA_VERSION = 1
+NEAR_EXHAUSTION = 0.8
+
+_STATE = {
+    Action.UNCHANGED: "in-sync",
+    Action.CREATE: "missing",
+    Action.UPDATE: "drift",
+    Action.METADATA: "stale-metadata",
+    Action.ORPHAN: "orphan",
+    Action.PRUNE: "orphan",
+    Action.CONFLICT: "conflict",
+    Action.SKIPPED: "no-eligible-key",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class GroupStatus:
+    association_type: str
+    group_name: str | None
+    group_id: str | None
+    path: str
+    state: str
+    reason: str
+    key_name: str | None
+    key_id: str | None
+    usage_count: int | None
+    max_usage: int | None
+    last_synced_at: str | None
+    lease_expires_at: str | None
+
+    @property
+    def usage_ratio(self) -> float | None:
+        if self.usage_count is None or not self.max_usage:
+            return None
+        return self.usage_count / self.max_usage
+
+    @property
+    def near_exhaustion(self) -> bool:
+        ratio = self.usage_ratio
+        return ratio is not None and ratio >= NEAR_EXHAUSTION
+
+
+def rows(snapshot: Snapshot) -> list[GroupStatus]:
+    return [_row(item, snapshot.stored.get(item.path)) for item in snapshot.plan.items]
+
+
+def _row(item: PlanItem, stored: StoredSecret | None) -> GroupStatus:
+    data = (stored.data if stored else None) or {}
+    meta = stored.custom_metadata if stored else {}
+    key = item.key
+    usage = key.usage_count if key else _int(meta.get("usage_count"))
+    max_usage = key.max_usage if key else _int(data.get("max_usage"))
+    return GroupStatus(
+        association_type=item.association_type.value,
+        group_name=item.group_name,
+        group_id=item.group_id,
+        path=item.path,
+        state=_STATE[item.action],
+        reason=item.reason,
+        key_name=data.get("key_name"),
+        key_id=data.get("key_id"),
+        usage_count=usage,
+        max_usage=max_usage,
+        last_synced_at=meta.get("last_synced_at"),
+        lease_expires_at=meta.get("lease_expires_at"),
+    )
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def to_json(snapshot: Snapshot, *, mount: str) -> dict[str, Any]:
+    items = rows(snapshot)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "checked_at": snapshot.started.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "mount": mount,
+        "in_sync": all(r.state == "in-sync" for r in items) and not snapshot.errors,
+        "groups": [
+            {
+                **{k: getattr(r, k) for k in r.__dataclass_fields__},
+                "usage_ratio": r.usage_ratio,
+                "near_exhaustion": r.near_exhaustion,
+            }
+            for r in items
+        ],
+        "errors": list(snapshot.errors),
+    }
+
+
+def to_text(snapshot: Snapshot, *, mount: str) -> str:
+    items = rows(snapshot)
+    header = ("TYPE", "GROUP", "STATE", "KEY (IN VAULT)", "USAGE", "LAST SYNCED", "LEASE EXPIRES")
+    table = [header]
+    for r in items:
+        usage = "-" if r.usage_count is None else f"{r.usage_count}/{r.max_usage}"
+        if r.near_exhaustion:
+            usage += " !"
+        table.append(
+            (
+                r.association_type,
+                _clip(r.group_name or r.path),
+                r.state,
+                _clip(r.key_name or "-"),
+                usage,
+                r.last_synced_at or "-",
+                r.lease_expires_at or "-",
+            )
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table
+    ]
+    for r in items:
+        if r.state not in ("in-sync",):
+            lines.append(f"{r.state}: {mount}/{r.path}: {r.reason}")
+        if r.near_exhaustion:
+            lines.append(
+                f"warning: {r.group_name}: key {r.key_name} has used {r.usage_count} of "
+                f"{r.max_usage} enrollments"
+            )
+    for error in snapshot.errors:
+        lines.append(f"error: {error}")
+    drift = sum(1 for r in items if r.state != "in-sync")
+    lines.append(
+        f"status: {len(items)} group(s), {drift} not in sync"
+        + (f", {len(snapshot.errors)} listing error(s)" if snapshot.errors else "")
+    )
+    return "\n".join(lines)
+
+
+def _clip(text: str, width: int = 32) -> str:
+    printable = "".join(c if c.isprintable() else "?" for c in text)
+    return printable if len(printable) <= width else printable[: width - 1] + "…"
