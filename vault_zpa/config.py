@@ -80,6 +80,15 @@ def _text(value: Any) -> str:
     return value.strip()
 
 
+def _multiline(value: Any) -> str:
+    """Text that may span lines (a PEM key)."""
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    if any(ord(c) < 32 and c not in "\r\n\t" for c in value):
+        raise ValueError("must not contain control characters")
+    return value.strip()
+
+
 def _choice(*choices: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         text = _text(value).lower()
@@ -157,7 +166,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("zpa.base_url", ("ZPA_BASE_URL",), _text),
     Option("zpa.oneapi_client_id", ("ZSCALER_CLIENT_ID",), _text),
     Option("zpa.oneapi_client_secret", ("ZSCALER_CLIENT_SECRET",), _text, secret=True),
-    Option("zpa.private_key", ("ZSCALER_PRIVATE_KEY",), _text, secret=True),
+    Option("zpa.private_key", ("ZSCALER_PRIVATE_KEY",), _multiline, secret=True),
     Option("zpa.vanity_domain", ("ZSCALER_VANITY_DOMAIN",), _text),
     Option("zpa.oneapi_cloud", ("ZSCALER_CLOUD",), _text, "production"),
     Option("zpa.token_url", ("VAULT_ZPA_ZPA_TOKEN_URL",), _text),
