@@ -113,3 +113,30 @@ def test_new_key_in_zpa_creates_a_new_version(sim: ZpaSimulator, vault: Vault) -
         f"{vault.mount}/zpa/CONNECTOR_GRP/{group['name']}",
     )
     assert json.loads(old.stdout)["data"]["data"]["key_id"] != new["id"]
+
+
+def test_oneapi_credentials_sync_end_to_end(sim: ZpaSimulator, vault: Vault) -> None:
+    """OneAPI client credentials (token URL and base URL pointed at the simulator) sync too."""
+    env = clean_env(
+        vault.env,
+        {
+            "ZSCALER_CLIENT_ID": sim.oneapi_client_id,
+            "ZSCALER_CLIENT_SECRET": sim.oneapi_client_secret,
+            "ZPA_CUSTOMER_ID": sim.customer_id,
+            "ZPA_BASE_URL": sim.url,
+            "VAULT_ZPA_ZPA_TOKEN_URL": f"{sim.url}/oauth2/v1/token",
+        },
+    )
+    result = run_cli("sync", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "5 create" in result.stdout
+    assert sim.stats.requests["POST auth 200"] == 1
+
+
+def test_demo_runs_and_reads_a_key_back() -> None:
+    """`vault-zpa demo` starts OpenBao and the simulator, syncs, and reads a key with bao."""
+    result = run_cli("demo", env=clean_env())
+    assert result.returncode == 0, result.stderr
+    assert "read back from OpenBao with `bao kv get`" in result.stdout
+    assert "ZPA accepts this key for enrollment: True" in result.stdout
+    assert "second sync: 5 unchanged, 0 writes" in result.stdout
