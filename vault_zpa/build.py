@@ -6,8 +6,10 @@ retry behaviour."""
 from __future__ import annotations
 
 import logging
+import warnings
 
 import httpx
+import urllib3
 
 from vault_zpa.config import Settings, VaultSettings, ZpaSettings
 from vault_zpa.errors import ConfigError
@@ -71,6 +73,8 @@ def vault_auth(settings: VaultSettings) -> AuthMethod:
 
 def vault_connection(settings: VaultSettings) -> VaultConnection:
     if settings.skip_verify:
+        # Our one loud warning replaces urllib3's warning on every single request.
+        warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
         log.warning(
             "VAULT_SKIP_VERIFY is set: Vault's TLS certificate is NOT verified; "
             "anyone on the network path can read the keys"

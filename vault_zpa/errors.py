@@ -10,6 +10,7 @@
     │   └── ListingInconsistent   pages disagreed; the listing must not be trusted
     └── VaultError                anything the Vault side could not do
         ├── VaultUnavailable      unreachable, sealed, 5xx past the retry budget
+        │   └── VaultTlsError     certificate not trusted (not retried)
         ├── VaultAuthError        login / renewal impossible
         ├── VaultPermissionDenied 403, names path and capability
         ├── CasConflict           someone else wrote between our read and our write
@@ -90,6 +91,14 @@ class VaultError(VaultZpaError):
 
 class VaultUnavailable(VaultError):
     """Vault is unreachable, sealed or answering 5xx past the retry budget."""
+
+    retryable = True
+
+
+class VaultTlsError(VaultUnavailable):
+    """Vault's certificate could not be verified: retrying will not help."""
+
+    retryable = False
 
 
 class VaultAuthError(VaultError):

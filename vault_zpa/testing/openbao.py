@@ -14,6 +14,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -53,12 +54,16 @@ def free_port() -> int:
 class OpenBaoDevServer:
     """One `bao server -dev` process. Use as a context manager or start()/stop()."""
 
-    def __init__(self, *, port: int | None = None, log_dir: str | None = None) -> None:
+    def __init__(
+        self, *, port: int | None = None, log_dir: str | None = None, tls: bool = False
+    ) -> None:
         self.port = port or free_port()
         # Custom dev root token ids may not use the s./b./r. service-token prefixes.
         self.root_token = "dev-" + secrets.token_hex(16)
         self.unseal_key: str | None = None
         self._log_dir = log_dir
+        self.tls = tls
+        self.cacert: str | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_path: Path | None = None
 
@@ -67,7 +72,7 @@ class OpenBaoDevServer:
 
     @property
     def addr(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def pid(self) -> int | None:
@@ -75,7 +80,9 @@ class OpenBaoDevServer:
 
     def env(self) -> dict[str, str]:
         """VAULT_* variables for a client of this server (the vault and bao CLIs read them)."""
+        extra = {"VAULT_CACERT": self.cacert} if self.cacert else {}
         return {
+            **extra,
             "VAULT_ADDR": self.addr,
             "VAULT_TOKEN": self.root_token,
             "BAO_ADDR": self.addr,
@@ -95,15 +102,21 @@ class OpenBaoDevServer:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
         env["BAO_DEV_ROOT_TOKEN_ID"] = self.root_token
         env["HOME"] = log_dir  # keep ~/.vault-token writes away from the real home
+        args = [
+            bao_binary(),
+            "server",
+            "-dev",
+            f"-dev-listen-address=127.0.0.1:{self.port}",
+            "-dev-no-store-token",
+        ]
+        if self.tls:
+            cert_dir = Path(log_dir) / f"tls-{self.port}"
+            cert_dir.mkdir(exist_ok=True)
+            args += ["-dev-tls", f"-dev-tls-cert-dir={cert_dir}"]
+            self.cacert = str(cert_dir / "vault-ca.pem")
         with open(self._log_path, "wb") as log:
             self._proc = subprocess.Popen(
-                [
-                    bao_binary(),
-                    "server",
-                    "-dev",
-                    f"-dev-listen-address=127.0.0.1:{self.port}",
-                    "-dev-no-store-token",
-                ],
+                args,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -133,20 +146,32 @@ class OpenBaoDevServer:
     def healthy(self) -> bool:
         """GET /v1/sys/health: 200 means initialised, unsealed and active."""
         try:
-            return httpx.get(f"{self.addr}/v1/sys/health", timeout=1.0).status_code == 200
+            if self.cacert and not os.path.exists(self.cacert):
+                return False
+            response = httpx.get(f"{self.addr}/v1/sys/health", timeout=1.0, verify=self._verify())
+            return response.status_code == 200
         except httpx.HTTPError:
             return False
 
+    def _verify(self) -> ssl.SSLContext | bool:
+        return ssl.create_default_context(cafile=self.cacert) if self.cacert else True
+
     def seal(self) -> None:
         httpx.put(
-            f"{self.addr}/v1/sys/seal", headers={"X-Vault-Token": self.root_token}, timeout=10.0
+            f"{self.addr}/v1/sys/seal",
+            headers={"X-Vault-Token": self.root_token},
+            timeout=10.0,
+            verify=self._verify(),
         ).raise_for_status()
 
     def unseal(self) -> None:
         if self.unseal_key is None:
             raise OpenBaoError("unseal key unknown")
         httpx.put(
-            f"{self.addr}/v1/sys/unseal", json={"key": self.unseal_key}, timeout=10.0
+            f"{self.addr}/v1/sys/unseal",
+            json={"key": self.unseal_key},
+            timeout=10.0,
+            verify=self._verify(),
         ).raise_for_status()
 
     def stop(self) -> None:

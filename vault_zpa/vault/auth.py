@@ -17,7 +17,7 @@ import hvac
 import hvac.exceptions
 import requests
 
-from vault_zpa.errors import VaultAuthError, VaultUnavailable
+from vault_zpa.errors import VaultAuthError, VaultTlsError, VaultUnavailable
 from vault_zpa.masking import REDACTOR, Secret
 
 log = logging.getLogger(__name__)
@@ -185,6 +185,11 @@ class TokenManager:
             raise VaultAuthError(
                 f"Vault {self.method.describe} login was refused: {_first_error(exc)}",
                 hint="check the credentials and the auth mount",
+            ) from None
+        except requests.exceptions.SSLError:
+            raise VaultTlsError(
+                f"TLS verification of Vault at {getattr(client, 'url', '?')} failed",
+                hint="set VAULT_CACERT or VAULT_CAPATH to the CA that signed Vault's certificate",
             ) from None
         except (
             hvac.exceptions.VaultDown,

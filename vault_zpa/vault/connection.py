@@ -23,6 +23,7 @@ from vault_zpa.errors import (
     VaultAuthError,
     VaultError,
     VaultPermissionDenied,
+    VaultTlsError,
     VaultUnavailable,
 )
 from vault_zpa.vault.auth import AuthMethod, TokenManager
@@ -90,6 +91,10 @@ class VaultConnection:
 
     def _new_client(self) -> hvac.Client:
         session = requests.Session()
+        # hvac prefers a passed session's verify/cert over its own arguments (hvac #991), and a
+        # new session's verify is True: set them on the session or VAULT_CACERT is ignored.
+        session.verify = self.tls.verify
+        session.cert = self.tls.cert
         adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=2)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
@@ -172,6 +177,8 @@ class VaultConnection:
                     raise VaultAuthError("Vault token is invalid or expired") from None
                 raise VaultPermissionDenied(path=path, capability=capability) from None
             except VaultUnavailable as exc:
+                if not exc.retryable:
+                    raise
                 failure: VaultError = exc
             except (
                 hvac.exceptions.VaultDown,
@@ -186,6 +193,13 @@ class VaultConnection:
                     f"Vault at {self.addr} is {'sealed or in standby' if sealed else 'failing'} "
                     f"({type(exc).__name__}) during {capability} on {path!r}"
                 )
+            except requests.exceptions.SSLError:
+                self.count(kind, "error")
+                raise VaultTlsError(
+                    f"TLS verification of Vault at {self.addr} failed",
+                    hint="set VAULT_CACERT or VAULT_CAPATH to the CA that signed Vault's "
+                    "certificate",
+                ) from None
             except requests.exceptions.RequestException as exc:
                 self.count(kind, "error")
                 failure = VaultUnavailable(
