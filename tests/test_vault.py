@@ -4,15 +4,19 @@ permission errors and mount detection."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Mapping
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import Vault, Wired, clean_env, run_cli
+from tests.conftest import ROOT, Vault, Wired, clean_env, run_cli
 from vault_zpa.masking import Secret
 from vault_zpa.model import Action, Outcome
 from vault_zpa.sync import run_once
+from vault_zpa.testing.openbao import OpenBaoDevServer
 from vault_zpa.testing.zpa_simulator import ZpaSimulator
 from vault_zpa.vault.auth import AppRoleAuth
 from vault_zpa.vault.connection import VaultConnection
@@ -192,3 +196,80 @@ def test_second_sync_performs_no_data_writes(wired: Wired, action: Action) -> No
     assert {r.item.action for r in report.results} == {action}
     kinds = {kind for kind, _ in store.conn.requests}
     assert kinds <= {"read", "list"}
+
+
+def test_sealed_vault_is_retried_until_unsealed(sim: ZpaSimulator, tmp_path: Path) -> None:
+    """A sync started against a sealed Vault waits (capped backoff) and completes after unseal."""
+    with OpenBaoDevServer(log_dir=str(tmp_path)) as server:
+        server.seal()
+        env = clean_env(sim.env(), server.env(), {"VAULT_ZPA_VAULT_RETRY_BUDGET": "40s"})
+        with subprocess.Popen(
+            [sys.executable, "-m", "vault_zpa", "sync"],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        ) as proc:
+            time.sleep(3)
+            assert proc.poll() is None  # still waiting, not failed
+            server.unseal()
+            out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert "5 create" in out
+
+
+def test_token_file_is_read_and_sealed_budget_is_bounded(
+    sim: ZpaSimulator, vault: Vault, tmp_path: Path
+) -> None:
+    """VAULT_ZPA_TOKEN_FILE works; a Vault that stays down ends in one line within the budget."""
+    token_file = tmp_path / "token"
+    token_file.write_text(vault.server.root_token + "\n")
+    env = clean_env(sim.env(), vault.env, {"VAULT_ZPA_TOKEN_FILE": str(token_file)})
+    del env["VAULT_TOKEN"]
+    result = run_cli("sync", env=env)
+    assert result.returncode == 0, result.stderr
+    token_file.write_text("")
+    empty = run_cli("sync", env=env)
+    assert empty.returncode == 1
+    assert "is empty" in empty.stderr
+
+
+def test_approle_credentials_are_reread_from_files_at_each_login(
+    vault: Vault, tmp_path: Path
+) -> None:
+    """A rotated secret_id file is picked up by the next login without a restart."""
+    vault.api("POST", "sys/auth/approle-f", json={"type": "approle"})
+    policy = f'path "{vault.mount}/*" {{ capabilities = ["create","read","update","list"] }}'
+    vault.api("PUT", "sys/policies/acl/zpa-f", json={"policy": policy}).raise_for_status()
+    vault.api(
+        "POST",
+        "auth/approle-f/role/zpa",
+        json={"token_ttl": "2s", "token_max_ttl": "2s", "token_policies": ["zpa-f"]},
+    ).raise_for_status()
+    role_id = vault.api("GET", "auth/approle-f/role/zpa/role-id").json()["data"]["role_id"]
+
+    def new_secret_id() -> str:
+        response = vault.api("POST", "auth/approle-f/role/zpa/secret-id")
+        return str(response.json()["data"]["secret_id"])
+
+    (tmp_path / "role_id").write_text(role_id)
+    first = new_secret_id()
+    (tmp_path / "secret_id").write_text(first)
+    conn = VaultConnection(
+        addr=vault.server.addr,
+        auth=AppRoleAuth(
+            None, str(tmp_path / "role_id"), None, str(tmp_path / "secret_id"), mount="approle-f"
+        ),
+    )
+    store = HvacKvStore(conn, mount=vault.mount)
+    assert store.read("zpa/x") is None
+    vault.api(
+        "POST", "auth/approle-f/role/zpa/secret-id/destroy", json={"secret_id": first}
+    ).raise_for_status()
+    (tmp_path / "secret_id").write_text(new_secret_id())
+    time.sleep(2.5)  # the first token has expired; the next call must log in with the new file
+    assert store.read("zpa/x") is None
+    store.close()
+    assert conn.tokens.logins == 2
+    vault.api("DELETE", "sys/auth/approle-f")

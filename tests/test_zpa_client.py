@@ -194,9 +194,9 @@ def test_429_storm_past_the_budget_names_endpoint_and_reason(sim: ZpaSimulator) 
     assert "Exceeded the number of requests allowed." in text
 
 
-@pytest.mark.parametrize("status", [500, 502, 503, 504])
+@pytest.mark.parametrize("status", [500, 502, 503, 504, 408, 409, 412])
 def test_5xx_is_retried_then_succeeds(sim: ZpaSimulator, status: int) -> None:
-    """Two server errors in a row are retried away."""
+    """Two server errors (or edit-lock / concurrency answers) in a row are retried away."""
     client = legacy_client(sim)
     sim.set_faults(fail_next=2, error_status=status)
     assert len(client.list_provisioning_keys(CONNECTOR)) == 3
@@ -334,3 +334,21 @@ def test_microtenant_scoping() -> None:
 def test_parse_retry_after(value: str | None, seconds: float | None) -> None:
     """ZPA's '13s' form and plain seconds are understood; anything else is ignored."""
     assert parse_retry_after(value) == seconds
+
+
+def test_token_is_cached_between_calls(sim: ZpaSimulator) -> None:
+    """One sign-in serves many calls while the token is fresh."""
+    client = legacy_client(sim)
+    for _ in range(5):
+        client.list_provisioning_keys(CONNECTOR)
+    assert sum(v for k, v in client.stats.requests.items() if k[1] == "auth") == 1
+
+
+def test_token_is_refreshed_shortly_before_expiry() -> None:
+    """A token that expires within the safety margin is replaced before use, not after a 401."""
+    with ZpaSimulator(seed=9, token_lifetime=30, rate_limits=False) as sim:
+        client = legacy_client(sim)
+        client.list_provisioning_keys(CONNECTOR)
+        client.list_provisioning_keys(CONNECTOR)
+        assert sum(v for k, v in client.stats.requests.items() if k[1] == "auth") == 2
+        assert client.stats.reauth == 0
