@@ -147,7 +147,6 @@ def sync(
         rules=dict(settings.rules),
         scope=Scope(groups=frozenset(groups), prune=prune, adopt=adopt),
         dry_run=dry_run,
-        concurrency=settings.vault.concurrency,
     )
     try:
         with _progress(enabled=output == "text") as progress:

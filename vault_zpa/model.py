@@ -165,6 +165,7 @@ class ItemResult:
     outcome: Outcome
     error: str | None = None
     version: int | None = None
+    metadata: Mapping[str, str] | None = None  # custom_metadata as written
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
 from vault_zpa import layout, reconcile
-from vault_zpa.errors import CasConflict, VaultError, VaultZpaError, ZpaError
+from vault_zpa.errors import CasConflict, VaultZpaError, ZpaError
 from vault_zpa.model import (
     Action,
     AssociationType,
@@ -47,7 +46,6 @@ class SyncOptions:
     rules: dict[AssociationType, TypeRule]
     scope: Scope = field(default_factory=Scope)
     dry_run: bool = False
-    concurrency: int = 16
     find_orphans: bool = True
 
 
@@ -74,20 +72,18 @@ def list_all(source: KeySource, types: Iterable[AssociationType]) -> list[Listin
 
 
 def read_all(
-    store: KvStore, paths: Sequence[str], *, concurrency: int, progress: Progress | None = None
+    store: KvStore,
+    paths: Sequence[str],
+    *,
+    progress: Progress | None = None,
 ) -> dict[str, StoredSecret]:
-    """Read every path on a bounded pool; absent paths are left out of the result."""
-    if not paths:
-        return {}
+    """Read every path on the store's bounded pool; absent paths are left out of the result."""
     found: dict[str, StoredSecret] = {}
-    with ThreadPoolExecutor(
-        max_workers=min(concurrency, len(paths)), thread_name_prefix="vault-read"
-    ) as pool:
-        for path, secret in zip(paths, pool.map(store.read, paths), strict=True):
-            if secret is not None:
-                found[path] = secret
-            if progress:
-                progress.advance(1)
+    for path, secret in zip(paths, store.executor().map(store.read, paths), strict=True):
+        if secret is not None:
+            found[path] = secret
+        if progress:
+            progress.advance(1)
     return found
 
 
@@ -130,7 +126,7 @@ def inspect(
             paths.update(p for p in store.list_tree(root) if not p.startswith(state))
     if progress:
         progress.start(len(paths))
-    stored = read_all(store, sorted(paths), concurrency=options.concurrency, progress=progress)
+    stored = read_all(store, sorted(paths), progress=progress)
     plan = reconcile.plan(
         desired,
         listings=listings,
@@ -158,39 +154,114 @@ def run_once(
     options: SyncOptions,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
     progress: Progress | None = None,
+    warm: WarmState | None = None,
+    guard: Callable[[], int | None] | None = None,
 ) -> Report:
     """One complete sync. Per-item failures are reported, not raised; a failure that makes the
-    whole run meaningless (Vault unreachable before anything was read) is raised."""
-    snap = inspect(source=source, store=store, options=options, now=now, progress=progress)
-    plan, listings, started, errors = snap.plan, snap.listings, snap.started, snap.errors
-    if options.dry_run:
-        results = tuple(
-            ItemResult(i, Outcome.PLANNED if _needs_write(i) else Outcome.DONE) for i in plan.items
-        )
+    whole run meaningless (Vault unreachable before anything was read) is raised.
+
+    `warm` (the daemon) replaces the Vault read-back with what the last run left there;
+    `guard` returns the writer's lease version (the fencing token) or None to stop writing."""
+    if warm is not None and warm.usable:
+        snap = plan_from(source=source, stored=warm.stored, options=options, now=now)
     else:
-        results = tuple(execute(store, plan.items, concurrency=options.concurrency))
+        snap = inspect(source=source, store=store, options=options, now=now, progress=progress)
+    if options.dry_run:
+        results = [
+            ItemResult(i, Outcome.PLANNED if _needs_write(i) else Outcome.DONE)
+            for i in snap.plan.items
+        ]
+    else:
+        results = execute(store, snap.plan.items, guard=guard)
+    if warm is not None and not options.dry_run:
+        warm.remember(snap, results)
     return Report(
-        results=results,
-        listings=tuple(listings),
+        results=tuple(results),
+        listings=snap.listings,
         dry_run=options.dry_run,
-        started_at=_stamp(started),
+        started_at=_stamp(snap.started),
         finished_at=_stamp(now()),
-        errors=errors,
+        errors=snap.errors,
     )
 
 
-def execute(store: KvStore, items: Sequence[PlanItem], *, concurrency: int) -> list[ItemResult]:
-    """Carry out the plan: every write concurrently, each one independent of the others."""
+def plan_from(
+    *,
+    source: KeySource,
+    stored: dict[str, StoredSecret],
+    options: SyncOptions,
+    now: Callable[[], datetime],
+) -> Snapshot:
+    """Like `inspect`, but trusting `stored` (the daemon's memory) instead of reading Vault."""
+    started = now()
+    listings = list_all(source, options.association_types)
+    desired = reconcile.desired(
+        listings, prefix=options.prefix, rules=options.rules, scope=options.scope
+    )
+    plan = reconcile.plan(
+        desired,
+        listings=listings,
+        stored=stored,
+        rules=options.rules,
+        scope=options.scope,
+        now=started,
+    )
+    return Snapshot(started, tuple(listings), dict(stored), plan)
+
+
+@dataclass
+class WarmState:
+    """What the daemon last saw and wrote in Vault, so a steady-state run reads nothing there.
+
+    It is dropped (the next run reads Vault back in full) after any failed item, when asked for
+    a full reconciliation, and whenever the writer's leadership was interrupted."""
+
+    stored: dict[str, StoredSecret] = field(default_factory=dict)
+    usable: bool = False
+
+    def invalidate(self) -> None:
+        self.stored, self.usable = {}, False
+
+    def remember(self, snap: Snapshot, results: Sequence[ItemResult]) -> None:
+        if any(r.outcome is Outcome.FAILED for r in results):
+            self.invalidate()
+            return
+        stored = dict(snap.stored)
+        for result in results:
+            item = result.item
+            if item.action in (Action.CREATE, Action.UPDATE) and item.data is not None:
+                stored[item.path] = StoredSecret(
+                    item.path, result.version or 0, dict(item.data), dict(result.metadata or {})
+                )
+            elif (
+                item.custom_metadata is not None
+                and item.path in stored
+                and (item.action in (Action.METADATA, Action.SKIPPED))
+            ):
+                old = stored[item.path]
+                stored[item.path] = StoredSecret(
+                    old.path, old.version, old.data, dict(result.metadata or {})
+                )
+            elif item.action is Action.PRUNE and item.path in stored:
+                old = stored[item.path]
+                stored[item.path] = StoredSecret(old.path, old.version, None, old.custom_metadata)
+        self.stored, self.usable = stored, True
+
+
+def execute(
+    store: KvStore,
+    items: Sequence[PlanItem],
+    *,
+    guard: Callable[[], int | None] | None = None,
+) -> list[ItemResult]:
+    """Carry out the plan on the store's bounded pool, each write independent of the others.
+    With a guard, every write first checks that we may still write, and records the fencing
+    token it wrote under (`writer_lease` in custom_metadata)."""
     writes = [i for i in items if _needs_write(i)]
     done: dict[int, ItemResult] = {}
-    if writes:
-        with ThreadPoolExecutor(
-            max_workers=min(concurrency, len(writes)), thread_name_prefix="vault-write"
-        ) as pool:
-            for item, result in zip(
-                writes, pool.map(lambda i: _apply(store, i), writes), strict=True
-            ):
-                done[id(item)] = result
+    results = store.executor().map(lambda i: _apply(store, i, guard), writes)
+    for item, result in zip(writes, results, strict=True):
+        done[id(item)] = result
     return [done.get(id(i)) or ItemResult(i, Outcome.DONE) for i in items]
 
 
@@ -200,21 +271,26 @@ def _needs_write(item: PlanItem) -> bool:
     )
 
 
-def _apply(store: KvStore, item: PlanItem) -> ItemResult:
+def _apply(store: KvStore, item: PlanItem, guard: Callable[[], int | None] | None) -> ItemResult:
     try:
+        meta = dict(item.custom_metadata or {})
+        if guard is not None:
+            fence = guard()
+            if fence is None:
+                return ItemResult(
+                    item,
+                    Outcome.FAILED,
+                    error="not written: this replica is not the leader (or is shutting down)",
+                )
+            meta["writer_lease"] = str(fence)
         version = None
         if item.action in (Action.CREATE, Action.UPDATE):
             assert item.data is not None
-            assert item.custom_metadata is not None
             version = store.write(
-                item.path,
-                item.data,
-                cas=item.expected_version,
-                custom_metadata=item.custom_metadata,
+                item.path, item.data, cas=item.expected_version, custom_metadata=meta
             )
         elif item.action in (Action.METADATA, Action.SKIPPED):
-            assert item.custom_metadata is not None
-            store.write_metadata(item.path, item.custom_metadata)
+            store.write_metadata(item.path, meta)
         elif item.action is Action.PRUNE:
             current = store.read(item.path)
             if current is None or current.version != item.expected_version or not current.managed:
@@ -226,8 +302,8 @@ def _apply(store: KvStore, item: PlanItem) -> ItemResult:
             item.path,
             extra={"action": item.action.value, "path": item.path},
         )
-        return ItemResult(item, Outcome.DONE, version=version)
-    except (VaultError, VaultZpaError) as exc:
+        return ItemResult(item, Outcome.DONE, version=version, metadata=meta)
+    except VaultZpaError as exc:
         log.warning("%s %s failed: %s", item.action.value, item.path, exc)
         return ItemResult(item, Outcome.FAILED, error=str(exc))
 
