@@ -219,6 +219,88 @@ def status(
     ctx.exit(1 if snapshot.errors else 0)
 
 
+@cli.command()
+@click.option(
+    "--interval",
+    default=None,
+    help="Sync every DURATION (e.g. 5m; env VAULT_ZPA_INTERVAL). Default 5m.",
+)
+@click.option("--cron", default=None, help="Sync on a crontab schedule instead (UTC).")
+@click.option("--jitter", default=None, help="Random delay added to each scheduled run.")
+@click.option(
+    "--listen",
+    default=None,
+    help="HOST:PORT of /healthz, /readyz, /metrics and POST /v1/sync (default 127.0.0.1:9850).",
+)
+@click.option(
+    "--ha/--no-ha",
+    default=None,
+    help="Hold a leader lease in Vault so several replicas can run (default on).",
+)
+@click.option("--association-type", "association_types", type=TYPES, multiple=True)
+@common_options
+def daemon(
+    interval: str | None,
+    cron: str | None,
+    jitter: str | None,
+    listen: str | None,
+    ha: bool | None,
+    association_types: tuple[str, ...],
+    config_path: str | None,
+    log_level: str | None,
+    log_format: str | None,
+) -> None:
+    """Run syncs on a schedule and on demand; serve health, readiness and metrics."""
+    from vault_zpa.daemon import Daemon, DaemonConfig, parse_listen
+    from vault_zpa.vault.lease import LeaderLease
+
+    settings = settings_from(
+        config_path,
+        log_level,
+        log_format,
+        quiet=False,
+        flags={
+            "daemon.interval": interval,
+            "daemon.cron": cron,
+            "daemon.jitter": jitter,
+            "daemon.listen": listen,
+            "daemon.ha": ha,
+            "sync.association_types": list(association_types) or None,
+        },
+    )
+    values = settings.values
+    host, port = parse_listen(values["daemon.listen"])
+    token = values["daemon.api_token"]
+    if token is None and values["daemon.api_token_file"]:
+        from vault_zpa.config import read_secret_file
+
+        token = read_secret_file(values["daemon.api_token_file"], "daemon.api_token_file")
+    config = DaemonConfig(
+        interval=values["daemon.interval"],
+        cron=values["daemon.cron"] or None,
+        jitter=values["daemon.jitter"],
+        host=host,
+        port=port,
+        api_token=token,
+        lease_period=values["daemon.lease_period"],
+        full_sync_every=values["daemon.full_sync_every"],
+        ha=values["daemon.ha"],
+    )
+    zpa = build.zpa_client(settings.zpa())
+    store = build.kv_store(settings)
+    lease = (
+        LeaderLease(store, prefix=settings.vault.prefix, period=config.lease_period)
+        if config.ha
+        else None
+    )
+    options = SyncOptions(
+        association_types=settings.association_types,
+        prefix=settings.vault.prefix,
+        rules=dict(settings.rules),
+    )
+    Daemon(config=config, zpa=zpa, store=store, options=options, lease=lease).run_forever()
+
+
 @contextmanager
 def _progress(*, enabled: bool) -> Iterator[Progress | None]:
     """A progress bar on a terminal (stderr) for long runs; nothing when piped."""

@@ -46,6 +46,13 @@ def parse_duration(value: Any) -> float:
     return seconds
 
 
+def parse_duration_or_zero(value: Any) -> float:
+    """Like parse_duration, but 0 (or '0s') is allowed: 'none at all'."""
+    if str(value).strip() in ("0", "0s", "0.0"):
+        return 0.0
+    return parse_duration(value)
+
+
 def parse_bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -222,6 +229,16 @@ OPTIONS: tuple[Option, ...] = (
     Option("sync.path_template", ("VAULT_ZPA_PATH_TEMPLATE",), _template, layout.DEFAULT_TEMPLATE),
     Option("sync.key_name_pattern", ("VAULT_ZPA_KEY_NAME_PATTERN",), _pattern),
     Option("sync.lease", ("VAULT_ZPA_LEASE",), parse_duration, 30 * 86400.0),
+    # Daemon
+    Option("daemon.interval", ("VAULT_ZPA_INTERVAL",), parse_duration, 300.0),
+    Option("daemon.cron", ("VAULT_ZPA_CRON",), _text),
+    Option("daemon.jitter", ("VAULT_ZPA_JITTER",), parse_duration_or_zero, 15.0),
+    Option("daemon.listen", ("VAULT_ZPA_LISTEN",), _text, "127.0.0.1:9850"),
+    Option("daemon.api_token", ("VAULT_ZPA_API_TOKEN",), _text, secret=True),
+    Option("daemon.api_token_file", ("VAULT_ZPA_API_TOKEN_FILE",), _text),
+    Option("daemon.lease_period", ("VAULT_ZPA_LEASE_PERIOD",), parse_duration, 30.0),
+    Option("daemon.ha", ("VAULT_ZPA_HA",), parse_bool, True),
+    Option("daemon.full_sync_every", ("VAULT_ZPA_FULL_SYNC_EVERY",), _int_between(1, 100_000), 12),
     # Logging
     Option(
         "log.level", ("VAULT_ZPA_LOG_LEVEL",), _choice("debug", "info", "warning", "error"), "info"
@@ -369,10 +386,11 @@ def _read_file(path: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
                 _check_type_section(path, name, rule)
                 types[name] = rule
             continue
-        if section not in ("zpa", "vault", "sync", "log") or not isinstance(body, dict):
+        if section not in ("zpa", "vault", "sync", "daemon", "log") or not isinstance(body, dict):
             raise ConfigError(
                 f"{path}: unknown section or key {section!r}",
-                hint="sections are [zpa], [vault], [sync], [log], [association_type.<TYPE>]",
+                hint="sections are [zpa], [vault], [sync], [daemon], [log], "
+                "[association_type.<TYPE>]",
             )
         for key, value in body.items():
             name = f"{section}.{key}"
@@ -579,6 +597,11 @@ def _secret_file(v: Mapping[str, Any], name: str) -> Secret | None:
     path = _opt_str(v, name)
     if not path:
         return None
+    return read_secret_file(path, name)
+
+
+def read_secret_file(path: str, name: str) -> Secret:
+    """A secret kept in a file (trailing newline stripped); registered for log redaction."""
     try:
         value = Path(path).read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError):

@@ -7,25 +7,31 @@ import json
 import logging
 import sys
 import uuid
-from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from vault_zpa.masking import REDACTOR
 
-run_id: ContextVar[str] = ContextVar("run_id", default="-")
+# One run at a time per process, and its lines come from pool threads too: a plain global,
+# not a ContextVar (which executor threads would not inherit).
+_run_id = "-"
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
 def new_run_id() -> str:
-    value = uuid.uuid4().hex[:12]
-    run_id.set(value)
-    return value
+    global _run_id
+    _run_id = uuid.uuid4().hex[:12]
+    return _run_id
+
+
+def clear_run_id() -> None:
+    global _run_id
+    _run_id = "-"
 
 
 class _RunIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        record.run_id = run_id.get()
+        record.run_id = _run_id
         return True
 
 
