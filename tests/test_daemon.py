@@ -9,112 +9,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import pytest
 
-from tests.conftest import ROOT, Vault, clean_env
+from tests.conftest import ROOT, DaemonProc, Vault, clean_env, syncs, wait_for
 from vault_zpa.testing.openbao import OpenBaoDevServer, free_port
 from vault_zpa.testing.zpa_simulator import ZpaSimulator
-
-
-@dataclass
-class DaemonProc:
-    proc: subprocess.Popen[str]
-    url: str
-    log: Path
-
-    def get(self, path: str) -> httpx.Response:
-        return httpx.get(self.url + path, timeout=10)
-
-    def metric(self, name: str, **labels: str) -> float | None:
-        """The value of one Prometheus sample, or None if absent."""
-        text = self.get("/metrics").text
-        for line in text.splitlines():
-            if line.startswith("#") or not line.startswith(name):
-                continue
-            match = re.fullmatch(r"([a-zA-Z_:]+)(\{.*\})? (\S+)", line)
-            if not match or match.group(1) != name:
-                continue
-            found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2) or ""))
-            if all(found.get(k) == v for k, v in labels.items()):
-                return float(match.group(3))
-        return None
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        self.proc.wait(timeout=30)
-        return self.proc.returncode
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 20, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-@pytest.fixture
-def start_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProc]]:
-    procs: list[DaemonProc] = []
-
-    def start(env: dict[str, str], *args: str, port: int | None = None) -> DaemonProc:
-        port = port or free_port()
-        log = tmp_path / f"daemon-{port}.log"
-        handle = open(log, "w")  # noqa: SIM115 - closed with the process below
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "vault_zpa",
-                "daemon",
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--interval",
-                "1h",
-                "--jitter",
-                "0",
-                *args,
-            ],
-            env=env,
-            cwd=ROOT,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        handle.close()
-        daemon = DaemonProc(proc, f"http://127.0.0.1:{port}", log)
-        procs.append(daemon)
-
-        def up() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(f"daemon exited: {log.read_text()[-2000:]}")
-            return daemon.get("/healthz").status_code == 200
-
-        wait_for(up, what="healthz")
-        return daemon
-
-    yield start
-    for daemon in procs:
-        if daemon.proc.poll() is None:
-            daemon.proc.kill()
-            daemon.proc.wait()
-
-
-def syncs(daemon: DaemonProc) -> float:
-    return sum(
-        daemon.metric("vault_zpa_syncs_total", result=r) or 0
-        for r in ("success", "partial", "error")
-    )
 
 
 def test_first_run_at_start_readiness_and_metrics(

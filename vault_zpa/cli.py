@@ -298,7 +298,182 @@ def daemon(
         prefix=settings.vault.prefix,
         rules=dict(settings.rules),
     )
-    Daemon(config=config, zpa=zpa, store=store, options=options, lease=lease).run_forever()
+    Daemon(
+        config=config,
+        zpa=zpa,
+        store=store,
+        options=options,
+        lease=lease,
+        rotation=settings.rotation,
+        kill_at=settings.values.get("sync.fault_kill_at") or None,
+    ).run_forever()
+
+
+@cli.command()
+@click.option(
+    "--association-type",
+    "association_type",
+    type=TYPES,
+    default=None,
+    help="The group's association type (with --group).",
+)
+@click.option("--group", "groups", multiple=True, help="Rotate this group's key now (repeatable).")
+@click.option("--all-due", is_flag=True, help="Rotate every key whose policy says it is due.")
+@click.option("--grace", default=None, help="Keep the old key valid this long (e.g. 1h).")
+@click.option("--dry-run", is_flag=True, help="Show what would rotate and why; change nothing.")
+@click.option(
+    "--daemon",
+    "daemon_url",
+    default=None,
+    help="Ask the running daemon at this URL to rotate instead (its leader does it).",
+)
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@common_options
+@click.pass_context
+def rotate(
+    ctx: click.Context,
+    association_type: str | None,
+    groups: tuple[str, ...],
+    all_due: bool,
+    grace: str | None,
+    dry_run: bool,
+    daemon_url: str | None,
+    output: str,
+    config_path: str | None,
+    log_level: str | None,
+    log_format: str | None,
+) -> None:
+    """Rotate provisioning keys: a new key in ZPA, written to Vault, the old one removed after
+    the grace period. Every step is journaled in Vault, so an interrupted rotation resumes."""
+    from vault_zpa.config import parse_duration
+    from vault_zpa.sync import inspect, rotate_once
+
+    if bool(groups) == all_due:
+        raise click.UsageError("give --association-type T --group NAME, or --all-due")
+    if groups and association_type is None:
+        raise click.UsageError("--group needs --association-type")
+    try:
+        grace_seconds = parse_duration(grace) if grace is not None else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--grace") from None
+    settings = settings_from(
+        config_path,
+        log_level,
+        log_format,
+        flags={"sync.association_types": [association_type] if association_type else None},
+    )
+    if daemon_url is not None:
+        _ask_daemon(daemon_url, association_type, groups, all_due, grace_seconds, settings)
+        return
+    requested = (
+        frozenset((AssociationType(association_type), g) for g in groups)
+        if association_type
+        else frozenset()
+    )
+    zpa = build.zpa_client(settings.zpa())
+    store = build.kv_store(settings)
+    try:
+        snap = inspect(
+            source=zpa,
+            store=store,
+            options=SyncOptions(
+                association_types=settings.association_types,
+                prefix=settings.vault.prefix,
+                rules=dict(settings.rules),
+                scope=Scope(groups=frozenset(groups)),
+                dry_run=True,
+                find_orphans=False,
+            ),
+        )
+        results = rotate_once(
+            zpa=zpa,
+            store=store,
+            items=snap.plan.items,
+            stored=snap.stored,
+            listings=snap.listings,
+            rotation=settings.rotation,
+            rules=settings.rules,
+            requested=requested,
+            dry_run=dry_run,
+            grace=grace_seconds,
+            kill_at=settings.values.get("sync.fault_kill_at") or None,
+        )
+    finally:
+        store.close()
+        zpa.close()
+    missing = sorted(g for g in groups if g not in {r.group_name for r in results})
+    if output == "json":
+        click.echo(
+            report.dumps(
+                {
+                    "schema_version": 1,
+                    "dry_run": dry_run,
+                    "rotations": [
+                        {
+                            "path": r.path,
+                            "group_name": r.group_name,
+                            "decision": r.decision.action,
+                            "reason": r.decision.reason,
+                            "state": r.state,
+                            "new_key_id": r.new_key_id,
+                            "error": r.error,
+                        }
+                        for r in results
+                    ],
+                    "not_found": missing,
+                    "errors": list(snap.errors),
+                }
+            )
+        )
+    else:
+        for r in results:
+            verb = (
+                "would rotate"
+                if dry_run and r.decision.action in ("start", "resume")
+                else r.decision.action
+            )
+            state = f" [{r.state}]" if r.state else ""
+            error = f" FAILED: {r.error}" if r.error else ""
+            click.echo(
+                f"{verb:12} {settings.vault.mount}/{r.path}{state}: {r.decision.reason}{error}"
+            )
+        for name in missing:
+            click.echo(f"not found: no group named {name!r} with a key in Vault")
+        if not results and not missing:
+            click.echo("rotate: nothing is due")
+    failed = any(r.error for r in results) or bool(missing) or bool(snap.errors)
+    ctx.exit(1 if failed else 0)
+
+
+def _ask_daemon(
+    url: str,
+    association_type: str | None,
+    groups: tuple[str, ...],
+    all_due: bool,
+    grace: float | None,
+    settings: Settings,
+) -> None:
+    import httpx
+
+    token = settings.values.get("daemon.api_token")
+    headers = {"Authorization": f"Bearer {token.reveal()}"} if token is not None else {}
+    body = {
+        "association_type": association_type,
+        "groups": list(groups),
+        "all_due": all_due,
+        "grace": grace,
+    }
+    try:
+        response = httpx.post(
+            f"{url.rstrip('/')}/v1/rotate", json=body, headers=headers, timeout=10
+        )
+    except httpx.HTTPError as exc:
+        raise VaultZpaError(f"cannot reach the daemon at {url}: {type(exc).__name__}") from None
+    if response.status_code != 202:
+        raise VaultZpaError(
+            f"the daemon at {url} refused: HTTP {response.status_code} {response.text[:200]}"
+        )
+    click.echo(f"rotate: queued with the daemon at {url}; it runs with the next sync")
 
 
 @contextmanager

@@ -19,6 +19,7 @@ from vault_zpa.errors import ConfigError
 from vault_zpa.masking import REDACTOR, Secret
 from vault_zpa.model import AssociationType
 from vault_zpa.reconcile import TypeRule
+from vault_zpa.rotation import RotationPolicy, RotationSettings, parse_policy
 
 # ---- value parsers ------------------------------------------------------------------------
 
@@ -229,6 +230,18 @@ OPTIONS: tuple[Option, ...] = (
     Option("sync.path_template", ("VAULT_ZPA_PATH_TEMPLATE",), _template, layout.DEFAULT_TEMPLATE),
     Option("sync.key_name_pattern", ("VAULT_ZPA_KEY_NAME_PATTERN",), _pattern),
     Option("sync.lease", ("VAULT_ZPA_LEASE",), parse_duration, 30 * 86400.0),
+    Option(
+        "sync.max_rotations_per_run",
+        ("VAULT_ZPA_MAX_ROTATIONS_PER_RUN",),
+        _int_between(1, 10_000),
+        10,
+    ),
+    # Fault injection for the crash tests only: SIGKILL ourselves at this rotation step.
+    Option(
+        "sync.fault_kill_at",
+        ("VAULT_ZPA_FAULT_KILL_AT",),
+        _choice("", "intent", "created", "written", "old_removed"),
+    ),
     # Daemon
     Option("daemon.interval", ("VAULT_ZPA_INTERVAL",), parse_duration, 300.0),
     Option("daemon.cron", ("VAULT_ZPA_CRON",), _text),
@@ -247,7 +260,7 @@ OPTIONS: tuple[Option, ...] = (
 )
 _BY_NAME = {o.name: o for o in OPTIONS}
 TYPE_RULE_KEYS = {"path_template": _template, "key_name_pattern": _pattern, "lease": parse_duration}
-RESERVED_TYPE_SECTIONS = {"rotation"}  # filled in by the rotation work; accepted, not yet used
+RESERVED_TYPE_SECTIONS = {"rotation"}  # validated by vault_zpa.rotation.parse_policy
 
 
 # ---- settings records ---------------------------------------------------------------------
@@ -313,6 +326,7 @@ class Settings:
     log_level: str
     log_format: str
     type_sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    rotation: RotationSettings = field(default_factory=RotationSettings)
 
     def zpa(self) -> ZpaSettings:
         return _zpa_settings(self.values, self.sources)
@@ -362,6 +376,7 @@ def load(
         log_level=values["log.level"],
         log_format=values["log.format"],
         type_sections=type_sections,
+        rotation=_rotation(values, type_sections, path),
     )
 
 
@@ -417,6 +432,7 @@ def _check_type_section(path: str, name: str, rule: Any) -> None:
         if key in RESERVED_TYPE_SECTIONS:
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: must be a table")
+            _rotation_tables(path, name, value)
             continue
         if key not in TYPE_RULE_KEYS:
             raise ConfigError(
@@ -427,6 +443,39 @@ def _check_type_section(path: str, name: str, rule: Any) -> None:
             TYPE_RULE_KEYS[key](value)
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc}") from None
+
+
+def _rotation_tables(
+    path: str, name: str, table: Mapping[str, Any]
+) -> tuple[RotationPolicy, dict[tuple[AssociationType, str], RotationPolicy]]:
+    """[association_type.T.rotation] and its optional [... .rotation.groups."Name"] overrides."""
+    where = f"{path}: [association_type.{name}.rotation]"
+    base = parse_policy(table, where)
+    groups = table.get("groups", {})
+    if not isinstance(groups, dict):
+        raise ConfigError(f"{where} groups: must be a table of group names")
+    per_group = {}
+    for group, override in groups.items():
+        if not isinstance(override, dict):
+            raise ConfigError(f"{where} groups.{group!r}: must be a table")
+        per_group[(AssociationType(name), group)] = parse_policy(
+            override, f"{path}: [association_type.{name}.rotation.groups.{group!r}]", base
+        )
+    return base, per_group
+
+
+def _rotation(
+    values: Mapping[str, Any], types: Mapping[str, Mapping[str, Any]], path: str | None
+) -> RotationSettings:
+    policies: dict[AssociationType, RotationPolicy] = {}
+    per_group: dict[tuple[AssociationType, str], RotationPolicy] = {}
+    for atype in AssociationType:
+        table = types.get(atype.value, {}).get("rotation")
+        if table is not None:
+            base, groups = _rotation_tables(str(path), atype.value, table)
+            policies[atype] = base
+            per_group.update(groups)
+    return RotationSettings(policies, per_group, values["sync.max_rotations_per_run"])
 
 
 def _rules(
@@ -442,7 +491,13 @@ def _rules(
             key_name_pattern=_pattern(pattern)
             if pattern is not None
             else values["sync.key_name_pattern"],
-            lease_seconds=int(parse_duration(section.get("lease", values["sync.lease"]))),
+            lease_seconds=int(
+                (
+                    (section.get("rotation") or {}).get("after")
+                    and parse_duration(section["rotation"]["after"])
+                )
+                or parse_duration(section.get("lease", values["sync.lease"]))
+            ),
         )
     return rules
 

@@ -37,8 +37,9 @@ from prometheus_client.registry import Collector
 from vault_zpa import logs
 from vault_zpa.errors import ConfigError, VaultZpaError
 from vault_zpa.masking import Secret
-from vault_zpa.model import Action, Outcome, Report
-from vault_zpa.sync import SyncOptions, WarmState, run_once
+from vault_zpa.model import Action, AssociationType, Outcome, Report
+from vault_zpa.rotation import RotationSettings
+from vault_zpa.sync import SyncOptions, WarmState, rotate_once, run_once
 from vault_zpa.vault.kv import HvacKvStore
 from vault_zpa.vault.lease import LeaderLease
 from vault_zpa.zpa.client import ZpaClient
@@ -114,6 +115,7 @@ class _State:
     last_success: float | None = None
     last_report: Report | None = None
     syncs: Counter[str] = field(default_factory=Counter)
+    rotations: Counter[str] = field(default_factory=Counter)
     items: Counter[tuple[str, str]] = field(default_factory=Counter)
 
 
@@ -126,6 +128,8 @@ class Daemon:
         store: HvacKvStore,
         options: SyncOptions,
         lease: LeaderLease | None,
+        rotation: RotationSettings | None = None,
+        kill_at: str | None = None,
     ) -> None:
         if not _is_loopback(config.host) and config.api_token is None:
             raise ConfigError(
@@ -138,6 +142,11 @@ class Daemon:
         self.store = store
         self.options = options
         self.lease = lease
+        self.rotation = rotation or RotationSettings()
+        self.kill_at = kill_at
+        self._rotate_lock = threading.Lock()
+        self._rotate_requests: set[tuple[AssociationType, str]] = set()
+        self._rotate_grace: float | None = None
         self.state = _State()
         self.warm = WarmState()
         self.runner = Runner(self._sync_once)
@@ -309,6 +318,7 @@ class Daemon:
         else:
             result = "partial" if report.failed else "success"
             self._finish(result, None, report)
+            self._rotate(report)
             log.info(
                 "sync %s",
                 result,
@@ -325,6 +335,48 @@ class Daemon:
         finally:
             self.duration.observe(time.monotonic() - started)
             logs.clear_run_id()
+
+    def _rotate(self, report: Report) -> None:
+        """After a sync: resume rotations in flight, start due ones, serve requested ones."""
+        with self._rotate_lock:
+            requested = frozenset(self._rotate_requests)
+            grace, self._rotate_grace = self._rotate_grace, None
+            self._rotate_requests.clear()
+        if not (self.rotation.any_enabled or requested) or not self.warm.usable:
+            return
+        results = rotate_once(
+            zpa=self.zpa,
+            store=self.store,
+            items=[r.item for r in report.results],
+            stored=self.warm.stored,
+            listings=report.listings,
+            rotation=self.rotation,
+            rules=self.options.rules,
+            requested=requested,
+            grace=grace,
+            kill_at=self.kill_at,
+            guard=self._fence,
+        )
+        acted = [r for r in results if r.decision.action in ("start", "resume")]
+        for r in results:
+            if r.error:
+                outcome = "failed"
+            elif r in acted:
+                outcome = "completed" if r.state is None else "in_progress"
+            else:
+                outcome = r.decision.action  # "wait" or "blocked"
+            self.state.rotations[outcome] += 1
+            log.info("rotation %s: %s %s", r.path, outcome, r.error or r.decision.reason)
+        if acted:
+            self.warm.invalidate()  # Vault changed outside the sync plan: read back next time
+
+    def request_rotation(
+        self, pairs: set[tuple[AssociationType, str]], grace: float | None
+    ) -> None:
+        with self._rotate_lock:
+            self._rotate_requests |= pairs
+            self._rotate_grace = grace
+        self.request_sync()
 
     def _finish(self, result: str, error: str | None, report: Report | None) -> None:
         state = self.state
@@ -426,9 +478,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
-        if length:
-            self.rfile.read(min(length, 65536))
-        if self.path != "/v1/sync":
+        body = self.rfile.read(min(length, 65536)) if length else b""
+        if self.path not in ("/v1/sync", "/v1/rotate"):
             self._json(404, {"error": "not found"})
             return
         token = self.owner.config.api_token
@@ -437,8 +488,31 @@ class _Handler(BaseHTTPRequestHandler):
             if not secrets.compare_digest(given.encode(), f"Bearer {token.reveal()}".encode()):
                 self._json(401, {"error": "a valid bearer token is required"})
                 return
+        if self.path == "/v1/rotate":
+            self._rotate(body)
+            return
         started = self.owner.request_sync()
         self._json(202, {"accepted": True, "started": started, "queued": not started})
+
+    def _rotate(self, body: bytes) -> None:
+        if self.owner._fence() is None:
+            self._json(409, {"error": "this replica is a standby; ask the leader"})
+            return
+        try:
+            request = json.loads(body or b"{}")
+            atype = request.get("association_type")
+            groups = request.get("groups") or []
+            grace = request.get("grace")
+            if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+                raise ValueError("groups must be a list of names")
+            pairs = {(AssociationType(atype), g) for g in groups} if groups else set()
+            if grace is not None and (isinstance(grace, bool) or float(grace) <= 0):
+                raise ValueError("grace must be a positive number of seconds")
+        except (ValueError, TypeError, AttributeError) as exc:
+            self._json(400, {"error": str(exc)[:200]})
+            return
+        self.owner.request_rotation(pairs, float(grace) if grace is not None else None)
+        self._json(202, {"accepted": True, "groups": sorted(g for _, g in pairs)})
 
 
 class _Collector(Collector):
@@ -514,6 +588,21 @@ class _Collector(Collector):
             "vault_zpa_leader",
             "1 while this replica holds the leader lease",
             value=1 if d._fence() is not None else 0,
+        )
+        rot = CounterMetricFamily(
+            "vault_zpa_rotations", "Rotation steps by outcome", labels=["outcome"]
+        )
+        for outcome, n in sorted(state.rotations.items()):
+            rot.add_metric([outcome], n)
+        yield rot
+        yield GaugeMetricFamily(
+            "vault_zpa_rotation_needs_human",
+            "Secrets whose rotation gave up and waits for a person",
+            value=sum(
+                1
+                for s in d.warm.stored.values()
+                if s.custom_metadata.get("rotation_needs_human") == "true"
+            ),
         )
         last = GaugeMetricFamily(
             "vault_zpa_last_success_timestamp_seconds",

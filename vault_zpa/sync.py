@@ -6,8 +6,8 @@ list ZPA (per association type) -> read Vault (concurrently) -> plan (pure) -> w
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -26,6 +26,14 @@ from vault_zpa.model import (
     StoredSecret,
 )
 from vault_zpa.reconcile import Scope, TypeRule
+from vault_zpa.rotation import (
+    Decision,
+    KeyAdmin,
+    RotationResult,
+    RotationSettings,
+    Rotator,
+    decide,
+)
 from vault_zpa.vault.kv import KvStore
 
 log = logging.getLogger(__name__)
@@ -310,3 +318,66 @@ def _apply(store: KvStore, item: PlanItem, guard: Callable[[], int | None] | Non
 
 def _stamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def rotate_once(
+    *,
+    zpa: KeyAdmin,
+    store: KvStore,
+    items: Sequence[PlanItem],
+    stored: Mapping[str, StoredSecret],
+    listings: Sequence[Listing],
+    rotation: RotationSettings,
+    rules: Mapping[AssociationType, TypeRule] | None = None,
+    requested: frozenset[tuple[AssociationType, str]] = frozenset(),
+    dry_run: bool = False,
+    grace: float | None = None,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    kill_at: str | None = None,
+    guard: Callable[[], int | None] | None = None,
+) -> list[RotationResult]:
+    """Decide rotation for every group of a plan and take the due steps, at most
+    `rotation.max_per_run` new rotations per run (rotations already in flight always resume).
+    With `requested`, only those (type, group) pairs are looked at, and they rotate even when
+    no policy says they are due."""
+    rotator = Rotator(zpa=zpa, store=store, now=now, kill_at=kill_at, writer=guard, rules=rules)
+    by_id = {(k.association_type, k.id): k for listing in listings for k in listing.keys}
+    results: list[RotationResult] = []
+    started = 0
+    moment = now()
+    for item in items:
+        secret = stored.get(item.path)
+        if secret is None or secret.data is None or item.group_name is None:
+            continue
+        pair = (item.association_type, item.group_name)
+        if requested and pair not in requested:
+            continue
+        policy = rotation.policy(item.association_type, item.group_name)
+        if grace is not None:
+            policy = replace(policy, grace=grace)
+        held = by_id.get((item.association_type, secret.data.get("key_id", "")))
+        decision = decide(secret, held, policy, moment, requested=pair in requested)
+        state = secret.custom_metadata.get("rotation_state")
+        if decision.action == "none":
+            continue
+        if decision.action in ("wait", "blocked") or dry_run:
+            results.append(RotationResult(item.path, item.group_name, decision, state))
+            continue
+        if decision.action == "start" and started >= rotation.max_per_run:
+            results.append(
+                RotationResult(
+                    item.path,
+                    item.group_name,
+                    Decision(
+                        "wait",
+                        f"deferred: {rotation.max_per_run} rotations already started this run",
+                    ),
+                    state,
+                )
+            )
+            continue
+        started += decision.action == "start"
+        results.append(
+            rotator.run(item.path, policy, reason=decision.reason, requested=pair in requested)
+        )
+    return results

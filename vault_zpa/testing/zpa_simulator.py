@@ -60,6 +60,7 @@ class Faults:
     change_between_pages: bool = False  # a key is added after page 1 of a listing is served
     fail_page: int = 0  # listings answer `error_status` for this page number
     only_association_type: str = ""  # restrict the faults above to this type's key endpoints
+    only_method: str = ""  # restrict the faults above to this HTTP method (e.g. POST)
     unauthorized_next: int = 0  # the next N API requests answer 401 (as if the token expired)
 
 
@@ -561,6 +562,8 @@ def _inject(sim: ZpaSimulator, method: str, query: dict[str, str], atype: str) -
     f = sim.faults
     with sim._lock:
         if f.only_association_type and atype != f.only_association_type:
+            return False
+        if f.only_method and method != f.only_method:
             return False
         if f.drop_next > 0:
             f.drop_next -= 1
