@@ -136,6 +136,10 @@ def test_dry_run_shows_what_is_due_and_changes_nothing(
     assert run_cli("sync", env=env).returncode == 0
     config = policy_file(tmp_path, after='"30d"')
     before = {k: dict(v) for k, v in sim.keys["CONNECTOR_GRP"].items()}
+    status = json.loads(run_cli("status", "--output", "json", "--config", config, env=env).stdout)
+    due = [g for g in status["groups"] if g["rotation"] == "due"]
+    assert len(due) == 3
+    assert all("lease expired" in g["rotation_reason"] for g in due)
     result = run_cli("rotate", "--all-due", "--dry-run", "--config", config, env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("would rotate") == 3

@@ -213,9 +213,11 @@ def status(
         zpa.close()
     mount = settings.vault.mount
     if output == "json":
-        click.echo(report.dumps(status_view.to_json(snapshot, mount=mount)))
+        click.echo(
+            report.dumps(status_view.to_json(snapshot, mount=mount, rotation=settings.rotation))
+        )
     else:
-        click.echo(status_view.to_text(snapshot, mount=mount))
+        click.echo(status_view.to_text(snapshot, mount=mount, rotation=settings.rotation))
     ctx.exit(1 if snapshot.errors else 0)
 
 

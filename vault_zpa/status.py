@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from vault_zpa.model import Action, PlanItem, StoredSecret
+from vault_zpa.rotation import RotationSettings, decide
 from vault_zpa.sync import Snapshot
 
 SCHEMA_VERSION = 1
@@ -37,6 +38,8 @@ class GroupStatus:
     max_usage: int | None
     last_synced_at: str | None
     lease_expires_at: str | None
+    rotation: str = "none"  # none | due | in-progress | waiting | needs-human
+    rotation_reason: str = ""
 
     @property
     def usage_ratio(self) -> float | None:
@@ -50,8 +53,26 @@ class GroupStatus:
         return ratio is not None and ratio >= NEAR_EXHAUSTION
 
 
-def rows(snapshot: Snapshot) -> list[GroupStatus]:
-    return [_row(item, snapshot.stored.get(item.path)) for item in snapshot.plan.items]
+def rows(snapshot: Snapshot, rotation: RotationSettings | None = None) -> list[GroupStatus]:
+    rotation = rotation or RotationSettings()
+    by_id = {(k.association_type, k.id): k for lst in snapshot.listings for k in lst.keys}
+    out = []
+    for item in snapshot.plan.items:
+        stored = snapshot.stored.get(item.path)
+        row = _row(item, stored)
+        if stored is not None and stored.data is not None:
+            held = by_id.get((item.association_type, stored.data.get("key_id", "")))
+            policy = rotation.policy(item.association_type, item.group_name)
+            decision = decide(stored, held, policy, snapshot.started)
+            label = {
+                "start": "due",
+                "resume": "in-progress",
+                "wait": "waiting",
+                "blocked": "needs-human",
+            }.get(decision.action, "none")
+            row = replace(row, rotation=label, rotation_reason=decision.reason)
+        out.append(row)
+    return out
 
 
 def _row(item: PlanItem, stored: StoredSecret | None) -> GroupStatus:
@@ -83,8 +104,10 @@ def _int(value: str | None) -> int | None:
         return None
 
 
-def to_json(snapshot: Snapshot, *, mount: str) -> dict[str, Any]:
-    items = rows(snapshot)
+def to_json(
+    snapshot: Snapshot, *, mount: str, rotation: RotationSettings | None = None
+) -> dict[str, Any]:
+    items = rows(snapshot, rotation)
     return {
         "schema_version": SCHEMA_VERSION,
         "checked_at": snapshot.started.strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -102,8 +125,8 @@ def to_json(snapshot: Snapshot, *, mount: str) -> dict[str, Any]:
     }
 
 
-def to_text(snapshot: Snapshot, *, mount: str) -> str:
-    items = rows(snapshot)
+def to_text(snapshot: Snapshot, *, mount: str, rotation: RotationSettings | None = None) -> str:
+    items = rows(snapshot, rotation)
     header = ("TYPE", "GROUP", "STATE", "KEY (IN VAULT)", "USAGE", "LAST SYNCED", "LEASE EXPIRES")
     table = [header]
     for r in items:
@@ -128,6 +151,8 @@ def to_text(snapshot: Snapshot, *, mount: str) -> str:
     for r in items:
         if r.state not in ("in-sync",):
             lines.append(f"{r.state}: {mount}/{r.path}: {r.reason}")
+        if r.rotation != "none":
+            lines.append(f"rotation {r.rotation}: {mount}/{r.path}: {r.rotation_reason}")
         if r.near_exhaustion:
             lines.append(
                 f"warning: {r.group_name}: key {r.key_name} has used {r.usage_count} of "
