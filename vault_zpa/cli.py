@@ -478,6 +478,225 @@ def _ask_daemon(
     click.echo(f"rotate: queued with the daemon at {url}; it runs with the next sync")
 
 
+@cli.command()
+@click.option("--association-type", "association_type", type=TYPES, required=True)
+@click.option("--group", required=True, help="The connector's group name.")
+@click.option(
+    "--out",
+    default=None,
+    help="Where to write the key (default: the connector's own path for the association type).",
+)
+@click.option("--mode", default="0644", show_default=True, help="File mode (octal).")
+@click.option("--owner", default=None, help="USER[:GROUP] to own the file (needs root).")
+@click.option("--mount", default=None, help="KV mount (env VAULT_ZPA_MOUNT, default secret).")
+@click.option("--prefix", default=None, help="Path prefix (env VAULT_ZPA_PREFIX, default zpa).")
+@common_options
+def fetch(
+    association_type: str,
+    group: str,
+    out: str | None,
+    mode: str,
+    owner: str | None,
+    mount: str | None,
+    prefix: str | None,
+    config_path: str | None,
+    log_level: str | None,
+    log_format: str | None,
+) -> None:
+    """Connector host: read this group's key from Vault and write it for the connector service.
+
+    Only read access to the group's own secret is needed (see `vault-zpa policy render`)."""
+    from vault_zpa import fetch as fetching
+    from vault_zpa import layout
+    from vault_zpa.vault.kv import HvacKvStore
+
+    try:
+        file_mode = int(mode, 8)
+        if not 0 <= file_mode <= 0o777:
+            raise ValueError
+    except ValueError:
+        raise click.BadParameter(
+            f"{mode!r} is not an octal file mode", param_hint="--mode"
+        ) from None
+    atype = AssociationType(association_type)
+    settings = settings_from(
+        config_path, log_level, log_format, flags={"vault.mount": mount, "vault.prefix": prefix}
+    )
+    uid, gid = fetching.parse_owner(owner) if owner else (None, None)
+    rule = settings.rules[atype]
+    if "{group_id}" in rule.path_template:
+        raise click.UsageError(
+            "the path template uses {group_id}; fetch needs a template "
+            "that names the group by {group}"
+        )
+    path = layout.secret_path(
+        rule.path_template,
+        prefix=settings.vault.prefix,
+        association_type=atype.value,
+        group_name=group,
+        group_id=group,
+        microtenant_id=settings.values.get("zpa.microtenant_id"),
+    )
+    # A connector's policy cannot read sys/mounts: KV v2 unless told otherwise.
+    version = 1 if settings.vault.kv_version == "1" else 2
+    store = HvacKvStore(
+        build.vault_connection(settings.vault), mount=settings.vault.mount, kv_version=version
+    )
+    try:
+        secret = store.read(path)
+    finally:
+        store.close()
+    where = f"{settings.vault.mount}/{path}"
+    if secret is None or secret.data is None:
+        raise fetching.FetchError(
+            f"no provisioning key at {where}",
+            hint="check the group name, or run `vault-zpa sync` first",
+        )
+    target = out or fetching.DEFAULT_PATHS[atype]
+    written = fetching.write_key(
+        secret.data.get("provisioning_key", ""), target, mode=file_mode, uid=uid, gid=gid
+    )
+    verb = "wrote" if written.changed else "unchanged:"
+    click.echo(
+        f"{verb} {target} from {where} ({written.length} characters, sha256 {written.fingerprint})"
+    )
+
+
+@cli.group()
+def policy() -> None:
+    """Least-privilege Vault policies: the daemon, each connector group, auditors."""
+
+
+def _policies(
+    settings: Settings,
+    association_type: str | None,
+    groups: tuple[str, ...],
+    all_groups: bool,
+    include_service: bool,
+) -> list[Any]:
+    from vault_zpa import policy as policies
+
+    vault = settings.vault
+    version = 1 if vault.kv_version == "1" else 2
+    out = []
+    if include_service:
+        out.append(
+            policies.daemon_policy(mount=vault.mount, prefix=vault.prefix, kv_version=version)
+        )
+        out.append(
+            policies.auditor_policy(mount=vault.mount, prefix=vault.prefix, kv_version=version)
+        )
+    pairs: list[tuple[AssociationType, str, str, str | None]] = []
+    if groups:
+        if association_type is None:
+            raise click.UsageError("--group needs --association-type")
+        pairs += [(AssociationType(association_type), g, g, None) for g in groups]
+    if all_groups:
+        with build.zpa_client(settings.zpa()) as zpa:
+            for atype in settings.association_types:
+                for group in zpa.list_groups(atype):
+                    pairs.append(
+                        (
+                            atype,
+                            str(group.get("name", "")),
+                            str(group.get("id", "")),
+                            group.get("microtenantId"),
+                        )
+                    )
+    for atype, name, group_id, tenant in pairs:
+        out.append(
+            policies.connector_policy(
+                association_type=atype,
+                group_name=name,
+                group_id=group_id,
+                mount=vault.mount,
+                prefix=vault.prefix,
+                template=settings.rules[atype].path_template,
+                microtenant_id=tenant,
+                kv_version=version,
+            )
+        )
+    return out
+
+
+@policy.command("render")
+@click.option("--association-type", "association_type", type=TYPES, default=None)
+@click.option("--group", "groups", multiple=True, help="A connector group (repeatable).")
+@click.option("--all-groups", is_flag=True, help="Every group ZPA lists.")
+@common_options
+def policy_render(
+    association_type: str | None,
+    groups: tuple[str, ...],
+    all_groups: bool,
+    config_path: str | None,
+    log_level: str | None,
+    log_format: str | None,
+) -> None:
+    """Print policies as HCL: the daemon's and the auditor's, or the connector groups' ones."""
+    settings = settings_from(
+        config_path,
+        log_level,
+        log_format,
+        flags={"sync.association_types": [association_type] if association_type else None},
+    )
+    service = not groups and not all_groups
+    for item in _policies(settings, association_type, groups, all_groups, service):
+        click.echo(f"# ---- policy {item.name} ----")
+        click.echo(item.text)
+
+
+@policy.command("apply")
+@click.option("--association-type", "association_type", type=TYPES, default=None)
+@click.option("--group", "groups", multiple=True, help="Also a connector group (repeatable).")
+@click.option("--all-groups", is_flag=True, help="Also every group ZPA lists.")
+@common_options
+def policy_apply(
+    association_type: str | None,
+    groups: tuple[str, ...],
+    all_groups: bool,
+    config_path: str | None,
+    log_level: str | None,
+    log_format: str | None,
+) -> None:
+    """Write the policies to Vault (sys/policies/acl); unchanged ones are left alone."""
+    settings = settings_from(
+        config_path,
+        log_level,
+        log_format,
+        flags={"sync.association_types": [association_type] if association_type else None},
+    )
+    conn = build.vault_connection(settings.vault)
+    try:
+        for item in _policies(settings, association_type, groups, all_groups, True):
+            path = f"sys/policies/acl/{item.name}"
+            name, text = str(item.name), str(item.text)
+
+            def read(c: Any, name: str = name) -> str | None:
+                return _read_policy(c, name)
+
+            def write(c: Any, name: str = name, text: str = text) -> Any:
+                return c.sys.create_or_update_acl_policy(name=name, policy=text)
+
+            current = conn.call(read, path=path, capability="read", kind="sys")
+            if current == text:
+                click.echo(f"unchanged {name}")
+                continue
+            conn.call(write, path=path, capability="update", kind="sys")
+            click.echo(f"{'created' if current is None else 'updated'} {name}")
+    finally:
+        conn.close()
+
+
+def _read_policy(client: Any, name: str) -> str | None:
+    import hvac.exceptions
+
+    try:
+        body = client.sys.read_acl_policy(name)
+    except hvac.exceptions.InvalidPath:
+        return None
+    return str((body.get("data") or body).get("policy", ""))
+
+
 @contextmanager
 def _progress(*, enabled: bool) -> Iterator[Progress | None]:
     """A progress bar on a terminal (stderr) for long runs; nothing when piped."""
