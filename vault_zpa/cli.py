@@ -758,7 +758,14 @@ def simulator(
 
     if not _is_loopback(host):
         raise click.BadParameter("the simulator only listens on loopback", param_hint="--host")
+    # Fixed credentials for deployments such as docker-compose (environment only, never flags).
+    fixed = {
+        "client_id": os.environ.get("ZPA_CLIENT_ID", ""),
+        "client_secret": os.environ.get("ZPA_CLIENT_SECRET", ""),
+        "customer_id": os.environ.get("ZPA_CUSTOMER_ID", ""),
+    }
     sim = ZpaSimulator(
+        **fixed,
         host=host,
         port=port,
         seed=seed,
