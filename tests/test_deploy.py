@@ -17,6 +17,9 @@ KNOWN_ENV = {env for option in OPTIONS for env in option.env} | {
     "VAULT_ZPA_CONFIG",
     "VAULT_DEV_ROOT_TOKEN_ID",
     "ZPA_CLIENT_SECRET_FILE",
+    "VAULT_ZPA_SIMULATOR_CLIENT_ID",
+    "VAULT_ZPA_SIMULATOR_CLIENT_SECRET",
+    "VAULT_ZPA_SIMULATOR_CUSTOMER_ID",
 }
 FILES = [
     "Dockerfile",
@@ -69,7 +72,7 @@ def test_compose_has_vault_simulator_and_daemon_with_healthchecks() -> None:
     daemon_env = services["vault-zpa"]["environment"]
     sim_env = services["zpa-simulator"]["environment"]
     for key in ("ZPA_CLIENT_ID", "ZPA_CLIENT_SECRET", "ZPA_CUSTOMER_ID"):
-        assert daemon_env[key] == sim_env[key]
+        assert daemon_env[key] == sim_env[f"VAULT_ZPA_SIMULATOR_{key[4:]}"]
     assert daemon_env["ZPA_BASE_URL"].startswith("http://127.0.0.1:")
 
 

@@ -758,14 +758,12 @@ def simulator(
 
     if not _is_loopback(host):
         raise click.BadParameter("the simulator only listens on loopback", param_hint="--host")
-    # Fixed credentials for deployments such as docker-compose (environment only, never flags).
-    fixed = {
-        "client_id": os.environ.get("ZPA_CLIENT_ID", ""),
-        "client_secret": os.environ.get("ZPA_CLIENT_SECRET", ""),
-        "customer_id": os.environ.get("ZPA_CUSTOMER_ID", ""),
-    }
+    # Fixed credentials for docker-compose. Own names, so a shell holding real ZPA credentials
+    # never hands them to the simulator (which prints what it accepts).
     sim = ZpaSimulator(
-        **fixed,
+        client_id=os.environ.get("VAULT_ZPA_SIMULATOR_CLIENT_ID", ""),
+        client_secret=os.environ.get("VAULT_ZPA_SIMULATOR_CLIENT_SECRET", ""),
+        customer_id=os.environ.get("VAULT_ZPA_SIMULATOR_CUSTOMER_ID", ""),
         host=host,
         port=port,
         seed=seed,
