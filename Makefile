@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit clean venv
+.PHONY: demo test lint typecheck unit clean venv bench bench-smoke reliability
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,15 @@ unit: $(STAMP)
 	$(BIN)/pytest -m "not slow" -q
 
 test: lint typecheck unit
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.bench
+
+bench-smoke: $(STAMP)
+	$(BIN)/python -m benchmarks.bench --smoke --out benchmarks/results
+
+reliability: $(STAMP)
+	$(BIN)/pytest -q tests/reliability
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

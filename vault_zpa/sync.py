@@ -129,9 +129,14 @@ def inspect(
     )
     paths = set(desired.paths)
     if options.find_orphans and not options.scope.groups:
+        # The listing shows every path that exists (soft-deleted ones too), so only those are
+        # read: a desired path missing from it is a create, and a path created after the
+        # listing makes the check-and-set create fail instead of being overwritten.
         state = layout.state_path(options.prefix, "")
+        existing: set[str] = set()
         for root in _orphan_roots(options):
-            paths.update(p for p in store.list_tree(root) if not p.startswith(state))
+            existing.update(p for p in store.list_tree(root) if not p.startswith(state))
+        paths = existing
     if progress:
         progress.start(len(paths))
     stored = read_all(store, sorted(paths), progress=progress)

@@ -1,0 +1,65 @@
+"""One measured vault-zpa scenario in a fresh process, so its peak RSS is its own.
+
+Usage: python -m benchmarks.child SCENARIO   (settings from the environment, as the CLI reads)
+Prints one JSON line: seconds, vault and ZPA request counts, writes, peak RSS.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+
+from vault_zpa import build
+from vault_zpa.config import load
+from vault_zpa.model import Outcome
+from vault_zpa.sync import SyncOptions, WarmState, run_once
+
+
+def main(scenario: str) -> None:
+    settings = load(path=None, environ=os.environ)
+    store = build.kv_store(settings)
+    zpa = build.zpa_client(settings.zpa())
+    options = SyncOptions(
+        association_types=settings.association_types,
+        prefix=settings.vault.prefix,
+        rules=dict(settings.rules),
+    )
+    warm = WarmState() if scenario == "warm" else None
+    if warm is not None:
+        run_once(source=zpa, store=store, options=options, warm=warm)  # the daemon's first run
+    store.conn.requests.clear()
+    zpa.stats.requests.clear()
+    started = time.perf_counter()
+    report = run_once(source=zpa, store=store, options=options, warm=warm)
+    seconds = time.perf_counter() - started
+    writes = sum(
+        n for (kind, _), n in store.conn.requests.items() if kind in ("write", "metadata", "delete")
+    )
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "vault_requests": store.conn.total_requests(),
+                "vault_writes": writes,
+                "zpa_requests": zpa.stats.total(),
+                "zpa_list_requests": sum(
+                    n
+                    for (m, e, _), n in zpa.stats.requests.items()
+                    if m == "GET" and e == "provisioningKey"
+                ),
+                "zpa_429": zpa.stats.rate_limited,
+                "items": len(report.results),
+                "failed": sum(1 for r in report.results if r.outcome is Outcome.FAILED),
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            }
+        )
+    )
+    store.close()
+    zpa.close()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
