@@ -36,7 +36,7 @@ bench-smoke: $(STAMP)
 	$(BIN)/python -m benchmarks.bench --smoke --out benchmarks/results
 
 reliability: $(STAMP)
-	$(BIN)/pytest -q tests/reliability
+	VAULT_ZPA_RELIABILITY_REPORT=1 $(BIN)/pytest -q tests/reliability
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
