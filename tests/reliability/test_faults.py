@@ -107,7 +107,8 @@ FAST = {"500", "429 storm", "one type failing", "malformed / truncated JSON"}
 
 
 @pytest.mark.parametrize(
-    "fault", [pytest.param(f, marks=() if f in FAST else pytest.mark.slow) for f in ZPA_FAULTS])
+    "fault", [pytest.param(f, marks=() if f in FAST else pytest.mark.slow) for f in ZPA_FAULTS]
+)
 def test_zpa_fault(fault: str, vault: Vault, recorder: Recorder) -> None:
     """Each ZPA fault on a second sync (with --prune!): no wrong key, nothing pruned, the
     failure reported, and the next clean run converges."""
@@ -314,7 +315,8 @@ def test_vault_sealed_mid_run_and_restarted(
 
 
 @pytest.mark.parametrize(
-    "trial", [pytest.param(t, marks=() if t < 2 else pytest.mark.slow) for t in range(6)])
+    "trial", [pytest.param(t, marks=() if t < 2 else pytest.mark.slow) for t in range(6)]
+)
 def test_sigkill_during_sync(trial: int, vault: Vault, recorder: Recorder) -> None:
     """SIGKILL the sync at a random moment (seeded); the next run converges; no wrong key."""
     rng = random.Random(1000 + trial)
