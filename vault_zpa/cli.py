@@ -619,11 +619,18 @@ def _policies(
     return out
 
 
+def policy_options(fn: F) -> F:
+    """The group selection shared by `policy render` and `policy apply`."""
+    fn = click.option("--all-groups", is_flag=True, help="Every group ZPA lists.")(fn)
+    fn = click.option("--group", "groups", multiple=True, help="A connector group (repeatable).")(
+        fn
+    )
+    fn = click.option("--association-type", "association_type", type=TYPES, default=None)(fn)
+    return common_options(fn)
+
+
 @policy.command("render")
-@click.option("--association-type", "association_type", type=TYPES, default=None)
-@click.option("--group", "groups", multiple=True, help="A connector group (repeatable).")
-@click.option("--all-groups", is_flag=True, help="Every group ZPA lists.")
-@common_options
+@policy_options
 def policy_render(
     association_type: str | None,
     groups: tuple[str, ...],
@@ -646,10 +653,7 @@ def policy_render(
 
 
 @policy.command("apply")
-@click.option("--association-type", "association_type", type=TYPES, default=None)
-@click.option("--group", "groups", multiple=True, help="Also a connector group (repeatable).")
-@click.option("--all-groups", is_flag=True, help="Also every group ZPA lists.")
-@common_options
+@policy_options
 def policy_apply(
     association_type: str | None,
     groups: tuple[str, ...],

@@ -251,61 +251,37 @@ def _plan_group(
             expected_version=0,
         )
 
-    merged = {**current.custom_metadata, **volatile}
+    merged = {**current.custom_metadata, **volatile, "last_synced_at": stamp}
+
+    def write(action: Action, reason: str) -> PlanItem:
+        """A write of this key at this path, check-and-set against the version read."""
+        return item(
+            action,
+            reason,
+            key=key,
+            data=data,
+            custom_metadata=merged,
+            expected_version=current.version,
+        )
+
     if not current.managed:
         if current.data is not None and dict(current.data) == data:
             # Our own create that died between the data write and the metadata write.
-            return item(
-                Action.METADATA,
-                "data already matches ZPA; marking it as managed",
-                key=key,
-                data=data,
-                custom_metadata={**merged, "last_synced_at": stamp},
-                expected_version=current.version,
-            )
+            return write(Action.METADATA, "data already matches ZPA; marking it as managed")
         if not scope.adopt:
             return item(
                 Action.CONFLICT,
                 "path exists and is not managed by vault-zpa; rerun with --adopt to take it over",
                 key=key,
             )
-        return item(
-            Action.UPDATE,
-            "adopting an existing path (--adopt)",
-            key=key,
-            data=data,
-            custom_metadata={**merged, "last_synced_at": stamp},
-            expected_version=current.version,
-        )
-
+        return write(Action.UPDATE, "adopting an existing path (--adopt)")
     if current.data is None:
-        return item(
-            Action.UPDATE,
-            "current version is deleted; writing the key again",
-            key=key,
-            data=data,
-            custom_metadata={**merged, "last_synced_at": stamp},
-            expected_version=current.version,
-        )
+        return write(Action.UPDATE, "current version is deleted; writing the key again")
     if dict(current.data) != data:
-        return item(
-            Action.UPDATE,
-            _why_changed(current.data, data),
-            key=key,
-            data=data,
-            custom_metadata={**merged, "last_synced_at": stamp},
-            expected_version=current.version,
-        )
-    if any(current.custom_metadata.get(k) != v for k, v in volatile.items()):
-        changed = sorted(k for k, v in volatile.items() if current.custom_metadata.get(k) != v)
-        return item(
-            Action.METADATA,
-            f"metadata changed: {', '.join(changed)}",
-            key=key,
-            data=data,
-            custom_metadata={**merged, "last_synced_at": stamp},
-            expected_version=current.version,
-        )
+        return write(Action.UPDATE, _why_changed(current.data, data))
+    changed = sorted(k for k, v in volatile.items() if current.custom_metadata.get(k) != v)
+    if changed:
+        return write(Action.METADATA, f"metadata changed: {', '.join(changed)}")
     return item(Action.UNCHANGED, "Vault matches ZPA", key=key, expected_version=current.version)
 
 

@@ -120,13 +120,25 @@ def inspect(
     options: SyncOptions,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
     progress: Progress | None = None,
+    known: dict[str, StoredSecret] | None = None,
 ) -> Snapshot:
-    """List ZPA, read what Vault holds at every relevant path, and plan. Writes nothing."""
+    """List ZPA, read what Vault holds at every relevant path, and plan. Writes nothing.
+    With `known` (the daemon's memory of what it last wrote) Vault is not read at all."""
     started = now()
     listings = list_all(source, options.association_types)
     desired = reconcile.desired(
         listings, prefix=options.prefix, rules=options.rules, scope=options.scope
     )
+    if known is not None:
+        plan = reconcile.plan(
+            desired,
+            listings=listings,
+            stored=known,
+            rules=options.rules,
+            scope=options.scope,
+            now=started,
+        )
+        return Snapshot(started, tuple(listings), dict(known), plan)
     paths = set(desired.paths)
     if options.find_orphans and not options.scope.groups:
         # The listing shows every path that exists (soft-deleted ones too), so only those are
@@ -175,10 +187,10 @@ def run_once(
 
     `warm` (the daemon) replaces the Vault read-back with what the last run left there;
     `guard` returns the writer's lease version (the fencing token) or None to stop writing."""
-    if warm is not None and warm.usable:
-        snap = plan_from(source=source, stored=warm.stored, options=options, now=now)
-    else:
-        snap = inspect(source=source, store=store, options=options, now=now, progress=progress)
+    known = warm.stored if warm is not None and warm.usable else None
+    snap = inspect(
+        source=source, store=store, options=options, now=now, progress=progress, known=known
+    )
     if options.dry_run:
         results = [
             ItemResult(i, Outcome.PLANNED if _needs_write(i) else Outcome.DONE)
@@ -196,30 +208,6 @@ def run_once(
         finished_at=_stamp(now()),
         errors=snap.errors,
     )
-
-
-def plan_from(
-    *,
-    source: KeySource,
-    stored: dict[str, StoredSecret],
-    options: SyncOptions,
-    now: Callable[[], datetime],
-) -> Snapshot:
-    """Like `inspect`, but trusting `stored` (the daemon's memory) instead of reading Vault."""
-    started = now()
-    listings = list_all(source, options.association_types)
-    desired = reconcile.desired(
-        listings, prefix=options.prefix, rules=options.rules, scope=options.scope
-    )
-    plan = reconcile.plan(
-        desired,
-        listings=listings,
-        stored=stored,
-        rules=options.rules,
-        scope=options.scope,
-        now=started,
-    )
-    return Snapshot(started, tuple(listings), dict(stored), plan)
 
 
 @dataclass
