@@ -91,7 +91,12 @@ class OpenBaoDevServer:
 
     def start(self, timeout: float = 30.0) -> OpenBaoDevServer:
         for _attempt in range(3):
-            if self._try_start(timeout):
+            try:
+                started = self._try_start(timeout)
+            except BaseException:
+                self.stop()  # never leave a server behind when start-up itself fails
+                raise
+            if started:
                 return self
             self.port = free_port()  # someone took the port between probe and bind
         raise OpenBaoError(f"bao server -dev did not become healthy; log: {self._log_path}")
