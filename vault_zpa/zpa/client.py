@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -33,6 +33,7 @@ from vault_zpa.zpa.auth import Token, TokenSource
 from vault_zpa.zpa.ratelimit import SlidingWindowLimiter
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PAGE_SIZE = 500
 # 400s that GO's client treats as "someone else is editing; try again".
@@ -118,11 +119,12 @@ class ZpaClient:
 
     def list_provisioning_keys(self, association_type: AssociationType) -> list[ProvisioningKey]:
         """GET /associationType/{type}/provisioningKey, every page; raises rather than shrink."""
-        raw = self._list_all(
+        # Each page is parsed as it arrives, so 20,000 raw JSON objects never sit in memory.
+        return self._list_all(
             f"{self._v1}/associationType/{association_type.value}/provisioningKey",
             f"list {association_type.value} provisioning keys",
+            lambda raw: parse_key(raw, association_type),
         )
-        return [parse_key(item, association_type) for item in raw]
 
     def get_provisioning_key(
         self, association_type: AssociationType, key_id: str
@@ -142,10 +144,10 @@ class ZpaClient:
         raw = self._list_all(
             f"{self._v1}/associationType/{association_type.value}/provisioningKey",
             f"search {association_type.value} provisioning keys",
+            lambda item: parse_key(item, association_type),
             search=f"name+EQ+{name}",
         )
-        for item in raw:
-            key = parse_key(item, association_type)
+        for key in raw:
             if key.name == name:
                 return key
         return None
@@ -213,7 +215,10 @@ class ZpaClient:
     def find_enrollment_cert(self, name: str) -> dict[str, Any] | None:
         """GET v2 /enrollmentCert?search=name+EQ+<name>, exact compare."""
         for cert in self._list_all(
-            f"{self._v2}/enrollmentCert", "search enrollment certificates", search=f"name+EQ+{name}"
+            f"{self._v2}/enrollmentCert",
+            "search enrollment certificates",
+            _as_is,
+            search=f"name+EQ+{name}",
         ):
             if cert.get("name") == name:
                 return cert
@@ -226,11 +231,13 @@ class ZpaClient:
             if association_type is AssociationType.CONNECTOR_GRP
             else "serviceEdgeGroup"
         )
-        return self._list_all(f"{self._v1}/{kind}", f"list {kind}s")
+        return self._list_all(f"{self._v1}/{kind}", f"list {kind}s", _as_is)
 
     # ---- plumbing ---------------------------------------------------------------------
 
-    def _list_all(self, url: str, what: str, **params: str) -> list[dict[str, Any]]:
+    def _list_all(
+        self, url: str, what: str, convert: Callable[[dict[str, Any]], T], **params: str
+    ) -> list[T]:
         first = self._json(
             "GET",
             url,
@@ -238,7 +245,16 @@ class ZpaClient:
             params={**params, "page": "1", "pagesize": str(PAGE_SIZE)},
         )
         pages, total = _envelope(first, what)
-        items = list(_items(first, what))
+        items: list[T] = []
+        ids: list[str] = []
+
+        def take(body: Mapping[str, Any]) -> None:
+            for raw in _items(body, what):
+                ids.append(str(raw.get("id")))
+                items.append(convert(raw))
+
+        take(first)
+        del first
         for page in range(2, pages + 1):
             body = self._json(
                 "GET",
@@ -252,8 +268,7 @@ class ZpaClient:
                     f"{what}: the listing changed while it was read (page {page} says "
                     f"{p} pages/{t} keys, page 1 said {pages}/{total}); not trusting it this run"
                 )
-            items.extend(_items(body, what))
-        ids = [str(i.get("id")) for i in items]
+            take(body)
         if (total is not None and len(items) != total) or len(set(ids)) != len(ids):
             raise ListingInconsistent(
                 f"{what}: got {len(items)} entries ({len(set(ids))} distinct) but ZPA reported "
@@ -450,6 +465,10 @@ def parse_key(raw: Mapping[str, Any], association_type: AssociationType) -> Prov
             f"ZPA returned a malformed {association_type.value} provisioning key "
             f"(id {ident!r}): {_describe(exc)}"
         ) from None
+
+
+def _as_is(raw: dict[str, Any]) -> dict[str, Any]:
+    return raw
 
 
 def parse_retry_after(value: str | None) -> float | None:
