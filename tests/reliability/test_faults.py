@@ -85,7 +85,7 @@ def converged(sim: ZpaSimulator, vault: Vault) -> bool:
 
 
 ZPA_FAULTS: dict[str, dict[str, Any]] = {
-    "429 storm": {"storm_429": 6, "retry_after": 1},
+    "429 storm": {"storm_429": 3, "retry_after": 1},
     "500": {"fail_next": 3, "error_status": 500},
     "502": {"fail_next": 3, "error_status": 502},
     "503": {"fail_next": 3, "error_status": 503},

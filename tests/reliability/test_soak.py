@@ -45,6 +45,8 @@ def test_soak(vault: Vault, recorder: Recorder) -> None:
                 **vault.env,
                 "VAULT_ZPA_ZPA_RETRY_BUDGET": "2s",
                 "VAULT_ZPA_ZPA_TIMEOUT": "1s",
+                # Compressed cycles: the simulator enforces no limits here, nor does the client.
+                "VAULT_ZPA_ZPA_GET_LIMIT": "10000",
             },
         )
         store = build.kv_store(settings)
