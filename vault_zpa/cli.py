@@ -629,6 +629,20 @@ def policy_options(fn: F) -> F:
     return common_options(fn)
 
 
+def _type_settings(
+    config_path: str | None,
+    log_level: str | None,
+    log_format: str | None,
+    association_type: str | None,
+) -> Settings:
+    return settings_from(
+        config_path,
+        log_level,
+        log_format,
+        flags={"sync.association_types": [association_type] if association_type else None},
+    )
+
+
 @policy.command("render")
 @policy_options
 def policy_render(
@@ -640,12 +654,7 @@ def policy_render(
     log_format: str | None,
 ) -> None:
     """Print policies as HCL: the daemon's and the auditor's, or the connector groups' ones."""
-    settings = settings_from(
-        config_path,
-        log_level,
-        log_format,
-        flags={"sync.association_types": [association_type] if association_type else None},
-    )
+    settings = _type_settings(config_path, log_level, log_format, association_type)
     service = not groups and not all_groups
     for item in _policies(settings, association_type, groups, all_groups, service):
         click.echo(f"# ---- policy {item.name} ----")
@@ -663,12 +672,7 @@ def policy_apply(
     log_format: str | None,
 ) -> None:
     """Write the policies to Vault (sys/policies/acl); unchanged ones are left alone."""
-    settings = settings_from(
-        config_path,
-        log_level,
-        log_format,
-        flags={"sync.association_types": [association_type] if association_type else None},
-    )
+    settings = _type_settings(config_path, log_level, log_format, association_type)
     conn = build.vault_connection(settings.vault)
     try:
         for item in _policies(settings, association_type, groups, all_groups, True):

@@ -129,18 +129,8 @@ def inspect(
     desired = reconcile.desired(
         listings, prefix=options.prefix, rules=options.rules, scope=options.scope
     )
-    if known is not None:
-        plan = reconcile.plan(
-            desired,
-            listings=listings,
-            stored=known,
-            rules=options.rules,
-            scope=options.scope,
-            now=started,
-        )
-        return Snapshot(started, tuple(listings), dict(known), plan)
     paths = set(desired.paths)
-    if options.find_orphans and not options.scope.groups:
+    if known is None and options.find_orphans and not options.scope.groups:
         # The listing shows every path that exists (soft-deleted ones too), so only those are
         # read: a desired path missing from it is a create, and a path created after the
         # listing makes the check-and-set create fail instead of being overwritten.
@@ -149,9 +139,12 @@ def inspect(
         for root in _orphan_roots(options):
             existing.update(p for p in store.list_tree(root) if not p.startswith(state))
         paths = existing
-    if progress:
-        progress.start(len(paths))
-    stored = read_all(store, sorted(paths), progress=progress)
+    if known is not None:
+        stored = dict(known)
+    else:
+        if progress:
+            progress.start(len(paths))
+        stored = read_all(store, sorted(paths), progress=progress)
     plan = reconcile.plan(
         desired,
         listings=listings,
