@@ -31,6 +31,7 @@ def rss_mb() -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(7200)
 def test_soak(vault: Vault, recorder: Recorder) -> None:
     """CYCLES cycles over KEYS keys (warm runs, a full read-back every 50th, random ZPA faults
     and changes): memory, fds and threads do not grow after warm-up."""
