@@ -182,6 +182,13 @@ class TokenManager:
             hvac.exceptions.Unauthorized,
             hvac.exceptions.InvalidPath,
         ) as exc:
+            if isinstance(self.method, TokenAuth):
+                raise VaultAuthError(
+                    "the Vault token is invalid, expired or revoked "
+                    f"(lookup-self: {_first_error(exc)})",
+                    hint="set a valid VAULT_TOKEN / VAULT_ZPA_TOKEN_FILE, or use AppRole or "
+                    "Kubernetes auth so vault-zpa can log in again by itself",
+                ) from None
             raise VaultAuthError(
                 f"Vault {self.method.describe} login was refused: {_first_error(exc)}",
                 hint="check the credentials and the auth mount",
