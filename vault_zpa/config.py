@@ -325,7 +325,6 @@ class Settings:
     rules: Mapping[AssociationType, TypeRule]
     log_level: str
     log_format: str
-    type_sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     rotation: RotationSettings = field(default_factory=RotationSettings)
 
     def zpa(self) -> ZpaSettings:
@@ -375,7 +374,6 @@ def load(
         rules=rules,
         log_level=values["log.level"],
         log_format=values["log.format"],
-        type_sections=type_sections,
         rotation=_rotation(values, type_sections, path),
     )
 

@@ -17,7 +17,6 @@ What it implements (docs/simulator.md has the full list):
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import math
 import random
@@ -846,8 +845,3 @@ def _admin(sim: ZpaSimulator, method: str, path: str, raw: bytes) -> None:
         sim.expire_tokens()
         raise _Reply(204)
     raise _error(404, "resource.not.found", "No such simulator control")
-
-
-def key_fingerprint(value: str) -> str:
-    """A short non-reversible id for a key value, for logs of tests and the demo."""
-    return hashlib.sha256(value.encode()).hexdigest()[:12]
