@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import ROOT, DaemonProc, Vault, clean_env, syncs, wait_for
+from tests.conftest import ROOT, DaemonProc, Vault, Wired, clean_env, syncs, wait_for
 from vault_zpa.testing.openbao import OpenBaoDevServer, free_port
 from vault_zpa.testing.zpa_simulator import ZpaSimulator
 
@@ -220,3 +220,47 @@ def test_non_loopback_listener_requires_a_token(
     assert d.stop() == 0
     assert "s3cret-api-token" not in d.log.read_text()
     _ = os.environ
+
+
+def test_paused_leader_whose_lease_lapses_writes_nothing(wired: Wired, vault: Vault) -> None:
+    """Leader A stalls past 2/3 of its lease; Vault lets it lapse and B takes over. A's late
+    writes are refused by its own guard, and a stale renewal loses the check-and-set race."""
+    from vault_zpa.sync import run_once
+    from vault_zpa.vault.lease import LeaderLease
+
+    clock = {"now": 0.0}
+    a = LeaderLease(wired.store, prefix="zpa", period=3, holder="a", clock=lambda: clock["now"])
+    b = LeaderLease(wired.store, prefix="zpa", period=3, holder="b")
+    assert a.tick() is True
+    assert b.tick() is False  # exactly one leader
+    clock["now"] = 2.1  # A is paused (GC, SIGSTOP, a slow disk) past 2/3 of the period
+    report = run_once(
+        source=wired.zpa, store=wired.store, options=wired.options(), guard=lambda: a.version
+    )
+    assert report.results
+    assert all(
+        r.outcome.value == "failed" and "not the leader" in (r.error or "") for r in report.results
+    )
+    assert vault.api("LIST", f"{vault.mount}/metadata/zpa/CONNECTOR_GRP").status_code == 404
+    time.sleep(3.2)  # Vault's clock deletes A's unrenewed version
+    assert b.tick() is True
+    assert a.tick() is False  # A's renewal carries a stale version: CAS refuses it
+    assert a.version is None
+    done = run_once(
+        source=wired.zpa, store=wired.store, options=wired.options(), guard=lambda: b.version
+    )
+    assert not done.failed
+    meta = vault.metadata(done.results[0].item.path)["custom_metadata"]
+    assert meta["writer_lease"] == str(b.version)  # type: ignore[index]
+
+
+def test_no_secret_in_process_arguments(
+    sim: ZpaSimulator, vault: Vault, start_daemon: Callable[..., DaemonProc]
+) -> None:
+    """Secrets reach the daemon (and OpenBao) through the environment, never argv."""
+    d = start_daemon(clean_env(sim.env(), vault.env))
+    for pid in (d.proc.pid, vault.server.pid):
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        assert sim.client_secret not in argv
+        assert vault.server.root_token not in argv
+    assert d.stop() == 0
