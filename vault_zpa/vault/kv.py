@@ -253,8 +253,16 @@ class HvacKvStore:
 
 
 def _strings(value: Mapping[str, Any]) -> dict[str, str]:
-    # Field names repeat in every secret: intern them (20,000 secrets x 20 names adds up).
-    return {sys.intern(str(k)): v if isinstance(v, str) else str(v) for k, v in value.items()}
+    """Names, and the short values that repeat across thousands of secrets ("vault-zpa", "true",
+    "CONNECTOR_GRP", cert names, timestamps of one run), are interned: at 20,000 secrets the
+    duplicates were most of the sync's memory. CPython frees interned strings nobody uses."""
+    return {
+        sys.intern(str(k)): _short(v if isinstance(v, str) else str(v)) for k, v in value.items()
+    }
+
+
+def _short(text: str) -> str:
+    return sys.intern(text) if len(text) <= 32 else text
 
 
 def _fit_metadata(meta: Mapping[str, str]) -> dict[str, str]:
