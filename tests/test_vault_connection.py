@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Iterator
 
 import httpx
@@ -25,7 +26,14 @@ def test_tls_with_vault_cacert(sim: ZpaSimulator, tls_openbao: OpenBaoDevServer)
     """https Vault with VAULT_CACERT: the sync works."""
     result = run_cli("sync", env=clean_env(sim.env(), tls_openbao.env()))
     assert result.returncode == 0, result.stderr
-    assert "5 create" in result.stdout or "5 unchanged" in result.stdout or "sync:" in result.stdout
+    group = next(iter(sim.groups["CONNECTOR_GRP"].values()))["name"]
+    read = httpx.get(
+        f"{tls_openbao.addr}/v1/secret/data/zpa/CONNECTOR_GRP/{group}",
+        headers={"X-Vault-Token": tls_openbao.root_token},
+        verify=ssl.create_default_context(cafile=tls_openbao.cacert),
+    )
+    assert read.status_code == 200
+    assert read.json()["data"]["data"]["provisioning_key"].startswith("3|")
 
 
 def test_tls_without_the_ca_fails_fast_and_says_what_to_set(

@@ -530,14 +530,14 @@ class _Collector(Collector):
         items = CounterMetricFamily(
             "vault_zpa_items", "Planned items by action and outcome", labels=["action", "outcome"]
         )
-        for (action, outcome), n in sorted(state.items.items()):
+        for (action, outcome), n in sorted(dict(state.items).items()):
             items.add_metric([action, outcome], n)
         yield items
         stats = d.zpa.stats
         zreq = CounterMetricFamily(
             "vault_zpa_zpa_requests", "ZPA API requests", labels=["method", "endpoint", "status"]
         )
-        for (method, endpoint, status), n in sorted(stats.requests.items()):
+        for (method, endpoint, status), n in sorted(dict(stats.requests).items()):
             zreq.add_metric([method, endpoint, status], n)
         yield zreq
         yield CounterMetricFamily(
@@ -549,7 +549,7 @@ class _Collector(Collector):
         vreq = CounterMetricFamily(
             "vault_zpa_vault_requests", "Vault requests", labels=["kind", "outcome"]
         )
-        for (kind, outcome), n in sorted(d.store.conn.requests.items()):
+        for (kind, outcome), n in sorted(d.store.conn.request_counts().items()):
             vreq.add_metric([kind, outcome], n)
         yield vreq
         keys = GaugeMetricFamily(
@@ -592,7 +592,7 @@ class _Collector(Collector):
         rot = CounterMetricFamily(
             "vault_zpa_rotations", "Rotation steps by outcome", labels=["outcome"]
         )
-        for outcome, n in sorted(state.rotations.items()):
+        for outcome, n in sorted(dict(state.rotations).items()):
             rot.add_metric([outcome], n)
         yield rot
         yield GaugeMetricFamily(

@@ -142,8 +142,13 @@ class VaultConnection:
         with self._count_lock:
             self.requests[(kind, outcome)] += 1
 
+    def request_counts(self) -> dict[tuple[str, str], int]:
+        """A consistent copy: pool threads update the counter while /metrics is scraped."""
+        with self._count_lock:
+            return dict(self.requests)
+
     def total_requests(self) -> int:
-        return sum(self.requests.values())
+        return sum(self.request_counts().values())
 
     def call(self, fn: Callable[[hvac.Client], T], *, path: str, capability: str, kind: str) -> T:
         """Run one Vault request with retries for transient failures (connection refused,

@@ -376,7 +376,6 @@ class ZpaClient:
                         raise failure
             if attempt >= policy.max_attempts or self._clock() + wait > deadline:
                 if isinstance(failure, ZpaApiError):
-                    failure.attempts = attempt
                     raise type(failure)(
                         endpoint=failure.endpoint,
                         status=failure.status,
