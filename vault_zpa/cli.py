@@ -714,6 +714,8 @@ def _progress(*, enabled: bool) -> Iterator[Progress | None]:
     state: dict[str, Any] = {}
 
     def start(total: int) -> None:
+        if "bar" in state:  # one bar per batch of reads
+            state.pop("bar").__exit__(None, None, None)
         if total >= 200:
             bar = click.progressbar(length=total, label="reading Vault", file=sys.stderr)
             state["bar"] = bar.__enter__()

@@ -6,12 +6,14 @@ list ZPA (per association type) -> read Vault (concurrently) -> plan (pure) -> w
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from vault_zpa import layout, reconcile
+from vault_zpa.concurrency import ordered_map
 from vault_zpa.errors import CasConflict, VaultZpaError, ZpaError
 from vault_zpa.model import (
     Action,
@@ -37,6 +39,7 @@ from vault_zpa.rotation import (
 from vault_zpa.vault.kv import KvStore
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class KeySource(Protocol):
@@ -65,18 +68,14 @@ class Progress:
     advance: Callable[[int], None] = field(default=lambda n: None)
 
 
-def list_all(source: KeySource, types: Iterable[AssociationType]) -> list[Listing]:
-    """One listing per association type; a failure marks that type incomplete, never empty."""
-    listings = []
-    for atype in types:
-        try:
-            keys = source.list_provisioning_keys(atype)
-        except ZpaError as exc:
-            log.warning("listing %s failed: %s", atype.value, exc)
-            listings.append(Listing(atype, (), complete=False, error=str(exc)))
-            continue
-        listings.append(Listing(atype, tuple(keys)))
-    return listings
+def list_one(source: KeySource, atype: AssociationType) -> Listing:
+    """One association type's listing; a failure marks it incomplete, never empty."""
+    try:
+        keys = source.list_provisioning_keys(atype)
+    except ZpaError as exc:
+        log.warning("listing %s failed: %s", atype.value, exc)
+        return Listing(atype, (), complete=False, error=str(exc))
+    return Listing(atype, tuple(keys))
 
 
 def read_all(
@@ -87,7 +86,9 @@ def read_all(
 ) -> dict[str, StoredSecret]:
     """Read every path on the store's bounded pool; absent paths are left out of the result."""
     found: dict[str, StoredSecret] = {}
-    for path, secret in zip(paths, store.executor().map(store.read, paths), strict=True):
+    if progress:
+        progress.start(len(paths))
+    for path, secret in zip(paths, ordered_map(store.executor(), store.read, paths), strict=True):
         if secret is not None:
             found[path] = secret
         if progress:
@@ -113,6 +114,97 @@ class Snapshot:
         )
 
 
+@dataclass(frozen=True)
+class Stage:
+    """The plan for some association types, decided as soon as their listings arrived."""
+
+    listings: tuple[Listing, ...]
+    items: tuple[PlanItem, ...]
+
+
+def stages(
+    *,
+    source: KeySource,
+    store: KvStore,
+    options: SyncOptions,
+    started: datetime,
+    stored: dict[str, StoredSecret],
+    progress: Progress | None = None,
+    known: Mapping[str, StoredSecret] | None = None,
+) -> Iterator[Stage]:
+    """Plan the run in stages, overlapping the ZPA listing with the Vault side.
+
+    ZPA's 20 GET / 10 s limit makes listing 20,000 keys take 20 s, and that time need not be
+    lost: what Vault holds is read back (LIST, then a read per path) while ZPA is still being
+    listed, and with the default layout (one folder per association type) each type is planned
+    as soon as its own listing is complete, so the caller can write it while the next type is
+    listed. `stored` is filled with everything read. With `known` (the daemon's memory of what
+    it last wrote) Vault is not read at all."""
+    types = options.association_types
+    read_back = known is None and options.find_orphans and not options.scope.groups
+    roots = _orphan_roots(options)
+    per_type = len(roots) == len(types) and roots != [options.prefix]
+    zpa_pool = ThreadPoolExecutor(1, thread_name_prefix="zpa-list")
+    vault_pool = ThreadPoolExecutor(1, thread_name_prefix="vault-read")
+    stored.update(known or {})
+    try:
+        vault = (
+            vault_pool.submit(_read_back, store, options, roots, progress) if read_back else None
+        )
+        listed = [zpa_pool.submit(list_one, source, atype) for atype in types]
+        groups = [[i] for i in range(len(types))] if per_type else [list(range(len(types)))]
+        for group in groups:
+            listings = [listed[i].result() for i in group]
+            desired = reconcile.desired(
+                listings, prefix=options.prefix, rules=options.rules, scope=options.scope
+            )
+            if vault is not None:
+                stored.update(vault.result())
+                vault = None
+            elif known is None:
+                stored.update(read_all(store, desired.paths, progress=progress))
+            if per_type:
+                root = roots[group[0]] + "/"
+                visible = {p: s for p, s in stored.items() if p.startswith(root)}
+            else:
+                visible = stored
+            plan = reconcile.plan(
+                desired,
+                listings=listings,
+                stored=visible,
+                rules=options.rules,
+                scope=options.scope,
+                now=started,
+            )
+            yield Stage(tuple(listings), plan.items)
+    finally:
+        zpa_pool.shutdown(wait=True, cancel_futures=True)
+        vault_pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _read_back(
+    store: KvStore, options: SyncOptions, roots: Sequence[str], progress: Progress | None
+) -> dict[str, StoredSecret]:
+    """Everything Vault holds under this run's folders. The LIST shows every path that exists
+    (soft-deleted ones too), so only those are read: a desired path missing from it is a
+    create, and a path created after the LIST makes the check-and-set create fail instead of
+    being overwritten."""
+    state = layout.state_path(options.prefix, "")
+    existing: set[str] = set()
+    for root in roots:
+        existing.update(p for p in store.list_tree(root) if not p.startswith(state))
+    return read_all(store, sorted(existing), progress=progress)
+
+
+def _in_plan_order(values: Iterable[T], item: Callable[[T], PlanItem]) -> list[T]:
+    """Stages plan type by type; a plan lists every group first, then orphans by path."""
+    orphan = (Action.ORPHAN, Action.PRUNE)
+    listed = list(values)
+    groups = [v for v in listed if item(v).action not in orphan]
+    orphans = [v for v in listed if item(v).action in orphan]
+    return groups + sorted(orphans, key=lambda v: item(v).path)
+
+
 def inspect(
     *,
     source: KeySource,
@@ -125,35 +217,27 @@ def inspect(
     """List ZPA, read what Vault holds at every relevant path, and plan. Writes nothing.
     With `known` (the daemon's memory of what it last wrote) Vault is not read at all."""
     started = now()
-    listings = list_all(source, options.association_types)
-    desired = reconcile.desired(
-        listings, prefix=options.prefix, rules=options.rules, scope=options.scope
+    stored: dict[str, StoredSecret] = {}
+    parts = list(
+        stages(
+            source=source,
+            store=store,
+            options=options,
+            started=started,
+            stored=stored,
+            progress=progress,
+            known=known,
+        )
     )
-    paths = set(desired.paths)
-    if known is None and options.find_orphans and not options.scope.groups:
-        # The listing shows every path that exists (soft-deleted ones too), so only those are
-        # read: a desired path missing from it is a create, and a path created after the
-        # listing makes the check-and-set create fail instead of being overwritten.
-        state = layout.state_path(options.prefix, "")
-        existing: set[str] = set()
-        for root in _orphan_roots(options):
-            existing.update(p for p in store.list_tree(root) if not p.startswith(state))
-        paths = existing
-    if known is not None:
-        stored = dict(known)
-    else:
-        if progress:
-            progress.start(len(paths))
-        stored = read_all(store, sorted(paths), progress=progress)
-    plan = reconcile.plan(
-        desired,
-        listings=listings,
-        stored=stored,
-        rules=options.rules,
-        scope=options.scope,
-        now=started,
-    )
-    return Snapshot(started, tuple(listings), stored, plan)
+    return _snapshot(started, parts, stored)
+
+
+def _snapshot(
+    started: datetime, parts: Sequence[Stage], stored: dict[str, StoredSecret]
+) -> Snapshot:
+    listings = tuple(listing for part in parts for listing in part.listings)
+    items = _in_plan_order((i for part in parts for i in part.items), lambda i: i)
+    return Snapshot(started, listings, stored, Plan(tuple(items), listings))
 
 
 def _orphan_roots(options: SyncOptions) -> list[str]:
@@ -178,19 +262,33 @@ def run_once(
     """One complete sync. Per-item failures are reported, not raised; a failure that makes the
     whole run meaningless (Vault unreachable before anything was read) is raised.
 
-    `warm` (the daemon) replaces the Vault read-back with what the last run left there;
+    Each stage's writes start as soon as it is planned, while ZPA lists the next association
+    type. `warm` (the daemon) replaces the Vault read-back with what the last run left there;
     `guard` returns the writer's lease version (the fencing token) or None to stop writing."""
     known = warm.stored if warm is not None and warm.usable else None
-    snap = inspect(
-        source=source, store=store, options=options, now=now, progress=progress, known=known
-    )
-    if options.dry_run:
-        results = [
-            ItemResult(i, Outcome.PLANNED if _needs_write(i) else Outcome.DONE)
-            for i in snap.plan.items
-        ]
-    else:
-        results = execute(store, snap.plan.items, guard=guard)
+    started = now()
+    stored: dict[str, StoredSecret] = {}
+    parts: list[Stage] = []
+    results: list[ItemResult] = []
+    for part in stages(
+        source=source,
+        store=store,
+        options=options,
+        started=started,
+        stored=stored,
+        progress=progress,
+        known=known,
+    ):
+        parts.append(part)
+        if options.dry_run:
+            results.extend(
+                ItemResult(i, Outcome.PLANNED if _needs_write(i) else Outcome.DONE)
+                for i in part.items
+            )
+        else:
+            results.extend(execute(store, part.items, guard=guard))
+    snap = _snapshot(started, parts, stored)
+    results = _in_plan_order(results, lambda r: r.item)
     if warm is not None and not options.dry_run:
         warm.remember(snap, results)
     return Report(
@@ -253,7 +351,7 @@ def execute(
     token it wrote under (`writer_lease` in custom_metadata)."""
     writes = [i for i in items if _needs_write(i)]
     done: dict[int, ItemResult] = {}
-    results = store.executor().map(lambda i: _apply(store, i, guard), writes)
+    results = ordered_map(store.executor(), lambda i: _apply(store, i, guard), writes)
     for item, result in zip(writes, results, strict=True):
         done[id(item)] = result
     return [done.get(id(i)) or ItemResult(i, Outcome.DONE) for i in items]

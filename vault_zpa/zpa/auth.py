@@ -14,9 +14,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import httpx
-import jwt
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from vault_zpa.errors import ConfigError, ZpaAuthError
 from vault_zpa.masking import Secret
@@ -102,6 +99,8 @@ class OneApiAuth:
     def assertion(self, now: float) -> str:
         """The signed client assertion: iss = sub = client_id, aud = the Zscaler API, 600 s."""
         assert self.private_key is not None
+        import jwt  # only client-assertion users pay for PyJWT + cryptography (~9 MB RSS)
+
         claims = {
             "iss": self.client_id,
             "sub": self.client_id,
@@ -118,6 +117,9 @@ class OneApiAuth:
 
 def load_private_key(value: str) -> Secret:
     """Accept a PEM (PKCS#1 or PKCS#8, unencrypted) or a path to one; RSA >= 2048 bits only."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     text = value
     if not value.lstrip().startswith("-----BEGIN"):
         try:
