@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import string
+import sys
 from typing import Final
 
 from vault_zpa.errors import ConfigError
@@ -88,7 +89,7 @@ def secret_path(
         microtenant_id=slug(microtenant_id or "", fallback="default"),
     )
     check_under_prefix(rendered, prefix)
-    return rendered
+    return sys.intern(rendered)  # the same path string as Vault's LIST: held once
 
 
 def check_under_prefix(path: str, prefix: str) -> None:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import enum
+import hashlib
+import secrets
+import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Final
 
 from vault_zpa.masking import Secret
 
@@ -79,6 +83,40 @@ DATA_FIELDS: tuple[str, ...] = (
 
 MANAGED_BY = "vault-zpa"
 
+# The key of KeyDigest: random per process, so a digest means nothing outside it.
+_DIGEST_KEY: Final = secrets.token_bytes(32)
+
+
+class KeyDigest(str):
+    """What a sync keeps in memory of a provisioning key it read from Vault: a keyed BLAKE2b
+    digest. It tells whether ZPA's key differs (all the planner asks) in 32 characters instead
+    of the key's 400+, and is useless to anyone who sees it. A plain string that happens to
+    look like one is not one: only this type is taken as already digested."""
+
+    __slots__ = ()
+
+    @classmethod
+    def of(cls, value: str) -> KeyDigest:
+        if isinstance(value, KeyDigest):
+            return value
+        digest = hashlib.blake2b(value.encode(), key=_DIGEST_KEY, digest_size=16)
+        return cls(digest.hexdigest())
+
+
+def comparable(data: Mapping[str, str]) -> dict[str, str]:
+    """KV data with the provisioning key as a KeyDigest: what the sync compares and keeps."""
+    out = dict(data)
+    if "provisioning_key" in out:
+        out["provisioning_key"] = KeyDigest.of(out["provisioning_key"])
+    return out
+
+
+def interned(text: str) -> str:
+    """Names and ids repeat between the ZPA listing and what Vault holds (and values such as
+    "true" or a cert name across thousands of secrets): short ones are interned so each is
+    held once. CPython frees interned strings nobody uses."""
+    return sys.intern(text) if len(text) <= 64 else text
+
 
 @dataclass(frozen=True, slots=True)
 class StoredSecret:
@@ -96,6 +134,10 @@ class StoredSecret:
     @property
     def managed(self) -> bool:
         return self.custom_metadata.get("managed_by") == MANAGED_BY
+
+    def compact(self) -> StoredSecret:
+        """This secret as a sync keeps it: the key replaced by its digest (see KeyDigest)."""
+        return self if self.data is None else replace(self, data=comparable(self.data))
 
     def __repr__(self) -> str:
         # The data holds the provisioning key: never print it.

@@ -23,6 +23,7 @@ from vault_zpa.model import (
     PlanItem,
     ProvisioningKey,
     StoredSecret,
+    comparable,
 )
 
 # custom_metadata keys vault-zpa owns and refreshes; anything else found there is preserved.
@@ -239,6 +240,7 @@ def _plan_group(
         return item(Action.SKIPPED, why)
 
     data = secret_data(key)
+    same = comparable(data)  # Vault's side is held with the key as a digest
     volatile = volatile_metadata(key, rule)
     if current is None:
         meta = {**volatile, "last_synced_at": stamp}
@@ -265,7 +267,7 @@ def _plan_group(
         )
 
     if not current.managed:
-        if current.data is not None and dict(current.data) == data:
+        if current.data is not None and comparable(current.data) == same:
             # Our own create that died between the data write and the metadata write.
             return write(Action.METADATA, "data already matches ZPA; marking it as managed")
         if not scope.adopt:
@@ -277,8 +279,8 @@ def _plan_group(
         return write(Action.UPDATE, "adopting an existing path (--adopt)")
     if current.data is None:
         return write(Action.UPDATE, "current version is deleted; writing the key again")
-    if dict(current.data) != data:
-        return write(Action.UPDATE, _why_changed(current.data, data))
+    if comparable(current.data) != same:
+        return write(Action.UPDATE, _why_changed(comparable(current.data), same))
     changed = sorted(k for k, v in volatile.items() if current.custom_metadata.get(k) != v)
     if changed:
         return write(Action.METADATA, f"metadata changed: {', '.join(changed)}")

@@ -26,6 +26,7 @@ from vault_zpa.model import (
     ProvisioningKey,
     Report,
     StoredSecret,
+    comparable,
 )
 from vault_zpa.reconcile import Scope, TypeRule
 from vault_zpa.rotation import (
@@ -84,11 +85,17 @@ def read_all(
     *,
     progress: Progress | None = None,
 ) -> dict[str, StoredSecret]:
-    """Read every path on the store's bounded pool; absent paths are left out of the result."""
+    """Read every path on the store's bounded pool; absent paths are left out of the result.
+    Secrets are kept compact (the key as a digest): a sync compares keys, it never uses them."""
+
+    def _read(path: str) -> StoredSecret | None:
+        secret = store.read(path)
+        return None if secret is None else secret.compact()
+
     found: dict[str, StoredSecret] = {}
     if progress:
         progress.start(len(paths))
-    for path, secret in zip(paths, ordered_map(store.executor(), store.read, paths), strict=True):
+    for path, secret in zip(paths, ordered_map(store.executor(), _read, paths), strict=True):
         if secret is not None:
             found[path] = secret
         if progress:
@@ -159,9 +166,9 @@ def stages(
                 listings, prefix=options.prefix, rules=options.rules, scope=options.scope
             )
             if vault is not None:
-                stored.update(vault.result())
+                stored.update(vault.result())  # once: it covers every stage's folder
                 vault = None
-            elif known is None:
+            elif known is None and not read_back:
                 stored.update(read_all(store, desired.paths, progress=progress))
             if per_type:
                 root = roots[group[0]] + "/"
@@ -323,7 +330,10 @@ class WarmState:
             item = result.item
             if item.action in (Action.CREATE, Action.UPDATE) and item.data is not None:
                 stored[item.path] = StoredSecret(
-                    item.path, result.version or 0, dict(item.data), dict(result.metadata or {})
+                    item.path,
+                    result.version or 0,
+                    comparable(item.data),
+                    dict(result.metadata or {}),
                 )
             elif (
                 item.custom_metadata is not None

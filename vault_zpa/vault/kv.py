@@ -17,7 +17,7 @@ import hvac
 import hvac.exceptions
 
 from vault_zpa.errors import CasConflict, VaultError, VaultMountError, VaultPermissionDenied
-from vault_zpa.model import StoredSecret
+from vault_zpa.model import StoredSecret, interned
 from vault_zpa.vault.connection import VaultConnection
 
 V1_META_PREFIX = "_meta_"
@@ -172,7 +172,7 @@ class HvacKvStore:
                 if name.endswith("/"):
                     pending.append(folder + name)
                 else:
-                    out.append(folder + name)
+                    out.append(sys.intern(folder + name))  # shared with the planner's path
         return sorted(out)
 
     # -- writes -------------------------------------------------------------------------
@@ -253,16 +253,11 @@ class HvacKvStore:
 
 
 def _strings(value: Mapping[str, Any]) -> dict[str, str]:
-    """Names, and the short values that repeat across thousands of secrets ("vault-zpa", "true",
-    "CONNECTOR_GRP", cert names, timestamps of one run), are interned: at 20,000 secrets the
-    duplicates were most of the sync's memory. CPython frees interned strings nobody uses."""
+    """Field names and short values interned: at 20,000 secrets the duplicates were most of the
+    sync's memory."""
     return {
-        sys.intern(str(k)): _short(v if isinstance(v, str) else str(v)) for k, v in value.items()
+        interned(str(k)): interned(v if isinstance(v, str) else str(v)) for k, v in value.items()
     }
-
-
-def _short(text: str) -> str:
-    return sys.intern(text) if len(text) <= 32 else text
 
 
 def _fit_metadata(meta: Mapping[str, str]) -> dict[str, str]:

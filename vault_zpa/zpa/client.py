@@ -28,7 +28,7 @@ from vault_zpa.errors import (
     ZpaUnavailable,
 )
 from vault_zpa.masking import Secret
-from vault_zpa.model import AssociationType, ProvisioningKey
+from vault_zpa.model import AssociationType, ProvisioningKey, interned
 from vault_zpa.zpa.auth import Token, TokenSource
 from vault_zpa.zpa.ratelimit import SlidingWindowLimiter
 
@@ -448,9 +448,9 @@ def parse_key(raw: Mapping[str, Any], association_type: AssociationType) -> Prov
             association_type=association_type,
             key=Secret(key),
             group_id=_text(raw, "zcomponentId"),
-            group_name=str(raw.get("zcomponentName") or ""),
-            enrollment_cert_id=str(raw.get("enrollmentCertId") or ""),
-            enrollment_cert_name=str(raw.get("enrollmentCertName") or ""),
+            group_name=interned(str(raw.get("zcomponentName") or "")),
+            enrollment_cert_id=interned(str(raw.get("enrollmentCertId") or "")),
+            enrollment_cert_name=interned(str(raw.get("enrollmentCertName") or "")),
             max_usage=_int(raw, "maxUsage"),
             usage_count=_int(raw, "usageCount", default=0),
             enabled=_bool(raw.get("enabled", True)),
@@ -488,7 +488,7 @@ def _text(raw: Mapping[str, Any], name: str) -> str:
     value = raw[name]
     if not isinstance(value, str | int) or isinstance(value, bool) or str(value) == "":
         raise ValueError(f"field {name!r} must be a non-empty string")
-    return str(value)
+    return interned(str(value))
 
 
 def _int(raw: Mapping[str, Any], name: str, default: int | None = None) -> int:
