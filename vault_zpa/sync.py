@@ -185,8 +185,10 @@ def stages(
             )
             yield Stage(tuple(listings), plan.items)
     finally:
-        zpa_pool.shutdown(wait=True, cancel_futures=True)
-        vault_pool.shutdown(wait=True, cancel_futures=True)
+        # Normally every future is done by now; on an error (or Ctrl-C) do not sit out the rest
+        # of a listing before reporting it.
+        zpa_pool.shutdown(wait=False, cancel_futures=True)
+        vault_pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _read_back(
