@@ -1,6 +1,11 @@
 """run_once: the only place the steps of a sync are sequenced.
 
-list ZPA (per association type) -> read Vault (concurrently) -> plan (pure) -> write -> report
+list ZPA (per association type)  \
+                                  +-> plan (pure, per type) -> write -> report
+read Vault back (concurrently)   /
+
+The ZPA listing and the Vault read-back run side by side (`stages`); with the default layout each
+association type is planned and written while the next one is still being listed.
 """
 
 from __future__ import annotations
