@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import ssl
+import threading
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.conftest import Vault, clean_env, run_cli
+from tests.conftest import Vault, Wired, clean_env, run_cli
 from vault_zpa.testing.openbao import OpenBaoDevServer
 from vault_zpa.testing.zpa_simulator import ZpaSimulator
 
@@ -81,3 +83,32 @@ def test_namespace(sim: ZpaSimulator, vault: Vault) -> None:
     assert inside.json()["data"]["data"]["provisioning_key"].startswith("3|")
     outside = vault.api("GET", f"zpa-kv/data/{path}")
     assert outside.status_code in (400, 403, 404)
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_threads_and_logins_do_not_leak_connections(wired: Wired) -> None:
+    """The daemon syncs on new threads (SIGHUP, POST /v1/sync, each run's read-back) and logs in
+    again after Vault rejects a token: neither may leave a session (and its socket) behind."""
+    conn = wired.store.conn
+    wired.store.list_tree("zpa")
+
+    def one_call() -> None:
+        wired.store.list_tree("zpa")
+
+    for _ in range(3):  # warm up whatever the first calls open
+        thread = threading.Thread(target=one_call)
+        thread.start()
+        thread.join()
+    before_fds, before_sessions = open_fds(), conn.open_sessions()
+    for _ in range(30):
+        thread = threading.Thread(target=one_call)
+        thread.start()
+        thread.join()
+    for _ in range(10):
+        conn.tokens.invalidate()  # the next call logs in again (lookup-self for a token)
+        wired.store.list_tree("zpa")
+    assert conn.open_sessions() <= before_sessions + 1
+    assert open_fds() <= before_fds + 2  # before the fix: 20 -> 60

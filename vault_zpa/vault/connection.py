@@ -80,10 +80,12 @@ class VaultConnection:
         self._local = threading.local()
         self._sleep = sleep
         self._rng = random.Random()
-        self.tokens = TokenManager(auth, self._new_client)
+        self.tokens = TokenManager(auth, self._thread_client)
         self.requests: Counter[tuple[str, str]] = Counter()
         self._count_lock = threading.Lock()
-        self._sessions: list[requests.Session] = []
+        # Each thread's session, with its owner: a session whose thread has ended is closed
+        # (and its sockets with it) the next time a thread asks for one.
+        self._sessions: list[tuple[threading.Thread, requests.Session]] = []
         self._pool: ThreadPoolExecutor | None = None
 
     def __repr__(self) -> str:
@@ -99,7 +101,13 @@ class VaultConnection:
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         with self._count_lock:
-            self._sessions.append(session)
+            live = []
+            for owner, old in self._sessions:
+                if owner.is_alive():
+                    live.append((owner, old))
+                else:
+                    old.close()
+            self._sessions = [*live, (threading.current_thread(), session)]
         return hvac.Client(
             url=self.addr,
             namespace=self.namespace,
@@ -125,18 +133,28 @@ class VaultConnection:
             sessions, self._sessions = self._sessions, []
         if pool is not None:
             pool.shutdown(wait=True)
-        for session in sessions:
+        for _, session in sessions:
             session.close()
         self._local = threading.local()
 
     def client(self) -> hvac.Client:
         """This thread's hvac client, holding the current token."""
+        client = self._thread_client()
+        client.token = self.tokens.current().reveal()
+        return client
+
+    def _thread_client(self) -> hvac.Client:
+        """This thread's hvac client as it is (logins and renewals use it too, so they open no
+        session of their own)."""
         client: hvac.Client | None = getattr(self._local, "client", None)
         if client is None:
             client = self._new_client()
             self._local.client = client
-        client.token = self.tokens.current().reveal()
         return client
+
+    def open_sessions(self) -> int:
+        with self._count_lock:
+            return len(self._sessions)
 
     def count(self, kind: str, outcome: str) -> None:
         with self._count_lock:
@@ -219,7 +237,7 @@ class VaultConnection:
 
     def _token_is_dead(self) -> bool:
         """Vault answers 403 both for 'policy says no' and 'token revoked/expired'; tell apart."""
-        client = self._local.client if hasattr(self._local, "client") else self._new_client()
+        client = self._thread_client()
         try:
             client.auth.token.lookup_self()
         except (hvac.exceptions.Forbidden, hvac.exceptions.Unauthorized):
