@@ -204,9 +204,9 @@ def _read_back(
     create, and a path created after the LIST makes the check-and-set create fail instead of
     being overwritten."""
     state = layout.state_path(options.prefix, "")
-    existing: set[str] = set()
-    for root in roots:
-        existing.update(p for p in store.list_tree(root) if not p.startswith(state))
+    # On the store's pool, whose threads keep their connections from run to run.
+    trees = store.executor().submit(lambda: [store.list_tree(root) for root in roots]).result()
+    existing = {p for tree in trees for p in tree if not p.startswith(state)}
     return read_all(store, sorted(existing), progress=progress)
 
 
@@ -230,28 +230,44 @@ def inspect(
 ) -> Snapshot:
     """List ZPA, read what Vault holds at every relevant path, and plan. Writes nothing.
     With `known` (the daemon's memory of what it last wrote) Vault is not read at all."""
+    snap, _ = _staged(
+        source=source, store=store, options=options, now=now, progress=progress, known=known
+    )
+    return snap
+
+
+def _staged(
+    *,
+    source: KeySource,
+    store: KvStore,
+    options: SyncOptions,
+    now: Callable[[], datetime],
+    progress: Progress | None,
+    known: Mapping[str, StoredSecret] | None,
+    act: Callable[[Sequence[PlanItem]], list[ItemResult]] | None = None,
+) -> tuple[Snapshot, list[ItemResult]]:
+    """Drive `stages`, handing each stage's items to `act` as soon as it is planned; the
+    snapshot and results come back in plan order (groups first, then orphans by path)."""
     started = now()
     stored: dict[str, StoredSecret] = {}
-    parts = list(
-        stages(
-            source=source,
-            store=store,
-            options=options,
-            started=started,
-            stored=stored,
-            progress=progress,
-            known=known,
-        )
-    )
-    return _snapshot(started, parts, stored)
-
-
-def _snapshot(
-    started: datetime, parts: Sequence[Stage], stored: dict[str, StoredSecret]
-) -> Snapshot:
+    parts: list[Stage] = []
+    results: list[ItemResult] = []
+    for part in stages(
+        source=source,
+        store=store,
+        options=options,
+        started=started,
+        stored=stored,
+        progress=progress,
+        known=known,
+    ):
+        parts.append(part)
+        if act is not None:
+            results.extend(act(part.items))
     listings = tuple(listing for part in parts for listing in part.listings)
     items = _in_plan_order((i for part in parts for i in part.items), lambda i: i)
-    return Snapshot(started, listings, stored, Plan(tuple(items), listings))
+    snap = Snapshot(started, listings, stored, Plan(tuple(items), listings))
+    return snap, _in_plan_order(results, lambda r: r.item)
 
 
 def _orphan_roots(options: SyncOptions) -> list[str]:
@@ -280,29 +296,23 @@ def run_once(
     type. `warm` (the daemon) replaces the Vault read-back with what the last run left there;
     `guard` returns the writer's lease version (the fencing token) or None to stop writing."""
     known = warm.stored if warm is not None and warm.usable else None
-    started = now()
-    stored: dict[str, StoredSecret] = {}
-    parts: list[Stage] = []
-    results: list[ItemResult] = []
-    for part in stages(
+
+    def act(items: Sequence[PlanItem]) -> list[ItemResult]:
+        if options.dry_run:
+            return [
+                ItemResult(i, Outcome.PLANNED if _needs_write(i) else Outcome.DONE) for i in items
+            ]
+        return execute(store, items, guard=guard)
+
+    snap, results = _staged(
         source=source,
         store=store,
         options=options,
-        started=started,
-        stored=stored,
+        now=now,
         progress=progress,
         known=known,
-    ):
-        parts.append(part)
-        if options.dry_run:
-            results.extend(
-                ItemResult(i, Outcome.PLANNED if _needs_write(i) else Outcome.DONE)
-                for i in part.items
-            )
-        else:
-            results.extend(execute(store, part.items, guard=guard))
-    snap = _snapshot(started, parts, stored)
-    results = _in_plan_order(results, lambda r: r.item)
+        act=act,
+    )
     if warm is not None and not options.dry_run:
         warm.remember(snap, results)
     return Report(
