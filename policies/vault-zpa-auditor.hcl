@@ -2,3 +2,8 @@
 path "secret/metadata/zpa/*" {
   capabilities = ["read", "list"]
 }
+
+# Rotation journals (states, key ids and names; never a key value).
+path "secret/data/zpa/_vault-zpa/rotation/*" {
+  capabilities = ["read"]
+}

@@ -4,9 +4,11 @@ path "secret/data/zpa/*" {
   capabilities = ["create", "read", "update", "delete"]
 }
 
-# custom_metadata (usage, leases, rotation journal, ownership marker) and listing for orphans.
+# custom_metadata (usage, leases, ownership marker; patch = merge, so other keys and the
+# secret's own settings survive) and listing for orphans. The rotation journal and the leader
+# lease are secrets of their own under _vault-zpa/, covered by the data rule above.
 path "secret/metadata/zpa/*" {
-  capabilities = ["create", "read", "update", "list"]
+  capabilities = ["create", "read", "update", "patch", "list"]
 }
 
 # Detect the KV version of the mount.

@@ -90,3 +90,51 @@ def test_list_tree_is_recursive(store: KvStore) -> None:
         store.write(path, DATA, cas=0, custom_metadata=META)
     assert store.list_tree("zpa") == ["zpa/A/x", "zpa/A/y", "zpa/B/z"]
     assert store.list_tree("missing") == []
+
+
+def test_metadata_writes_merge_and_remove_only_what_they_name(store: KvStore) -> None:
+    """A metadata write keeps keys it does not name (another tool's, an operator's) and drops
+    only the keys it is told to remove."""
+    store.write("zpa/T/a", DATA, cas=0, custom_metadata={**META, "owner_team": "netops"})
+    store.write_metadata("zpa/T/a", {"usage_count": "7"}, remove=("managed_by", "not-there"))
+    got = store.read("zpa/T/a")
+    assert got is not None
+    assert got.custom_metadata == {"usage_count": "7", "owner_team": "netops"}
+    store.write("zpa/T/a", DATA, cas=1, custom_metadata={"managed_by": "vault-zpa"})
+    got = store.read("zpa/T/a")
+    assert got is not None
+    assert got.custom_metadata == {
+        "usage_count": "7",
+        "owner_team": "netops",
+        "managed_by": "vault-zpa",
+    }
+
+
+def test_operator_settings_survive_our_writes(vault: Vault) -> None:
+    """max_versions and delete_version_after set by an operator are never reset by a data or
+    metadata write (issue 14, item 9: max_versions=50 went back to 5 and old versions were
+    purged)."""
+    conn = VaultConnection(addr=vault.server.addr, auth=TokenAuth(Secret(vault.server.root_token)))
+    store = HvacKvStore(conn, mount=vault.mount, max_versions=5)
+    try:
+        store.write("zpa/T/a", DATA, cas=0, custom_metadata=META)
+        vault.bao(
+            "kv",
+            "metadata",
+            "put",
+            "-max-versions=50",
+            "-delete-version-after=720h",
+            f"{vault.mount}/zpa/T/a",
+        )
+        for version in range(1, 8):
+            store.write(
+                "zpa/T/a", {**DATA, "key_id": str(version)}, cas=version, custom_metadata=META
+            )
+            store.write_metadata("zpa/T/a", {**META, "usage_count": str(version)})
+        meta = vault.metadata("zpa/T/a")
+        assert meta["max_versions"] == 50
+        assert meta["delete_version_after"] == "720h0m0s"
+        assert meta["custom_metadata"]["usage_count"] == "7"  # type: ignore[index]
+        assert len(meta["versions"]) == 8  # type: ignore[arg-type]
+    finally:
+        store.close()

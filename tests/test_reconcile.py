@@ -179,14 +179,25 @@ def test_no_eligible_key_keeps_the_secret_and_marks_it() -> None:
     assert item.data is None
 
 
-def test_slug_collision_is_a_conflict_for_both_groups() -> None:
-    """'a b' and 'a/b' both slug to 'a-b': both reported, neither written."""
-    keys = [key("1", group="g1", group_name="a b"), key("2", group="g2", group_name="a/b")]
+def test_slug_collisions_move_lossy_names_and_true_collisions_conflict() -> None:
+    """'a b' and 'a/b' both slug to 'a-b': each moves to 'a-b-<group id>' while the plain
+    'a-b' keeps its path; two groups both named 'dup' are a conflict for both, neither written."""
+    keys = [
+        key("1", group="g1", group_name="a b"),
+        key("2", group="g2", group_name="a/b"),
+        key("3", group="g3", group_name="a-b"),
+        key("4", group="g4", group_name="dup"),
+        key("5", group="g5", group_name="dup"),
+    ]
     listings = [Listing(CG, tuple(keys))]
     d = desired(listings, prefix="zpa", rules=RULES, scope=Scope())
     p = plan(d, listings=listings, stored={}, rules=RULES, scope=Scope(), now=NOW)
-    assert [i.action for i in p.items] == [Action.CONFLICT, Action.CONFLICT]
-    assert all("collides" in i.reason for i in p.items)
+    got = {i.group_id: (i.action, i.path) for i in p.items}
+    assert got["g1"] == (Action.CREATE, "zpa/CONNECTOR_GRP/a-b-g1")
+    assert got["g2"] == (Action.CREATE, "zpa/CONNECTOR_GRP/a-b-g2")
+    assert got["g3"] == (Action.CREATE, "zpa/CONNECTOR_GRP/a-b")
+    assert got["g4"] == got["g5"] == (Action.CONFLICT, "zpa/CONNECTOR_GRP/dup")
+    assert all("collides" in i.reason for i in p.items if i.action is Action.CONFLICT)
 
 
 def test_orphans_reported_and_pruned_only_on_request() -> None:

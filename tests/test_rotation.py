@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import DaemonProc, Vault, clean_env, run_cli, syncs, wait_for
 from vault_zpa.masking import Secret
 from vault_zpa.model import AssociationType, ProvisioningKey, StoredSecret
-from vault_zpa.rotation import STEPS, RotationPolicy, decide
+from vault_zpa.rotation import STEPS, Journal, RotationPolicy, State, decide
 from vault_zpa.testing.zpa_simulator import ZpaSimulator
 
 NOW = datetime(2026, 11, 27, 12, tzinfo=UTC)
@@ -49,27 +49,30 @@ def stored(**meta: str) -> StoredSecret:
 
 
 ON = RotationPolicy(enabled=True, after=86400.0, at_usage_ratio=0.8)
+IDLE = Journal()
 
 
 @pytest.mark.parametrize(
-    ("secret", "key", "policy", "requested", "action", "why"),
+    ("secret", "journal", "key", "policy", "requested", "action", "why"),
     [
-        (stored(), zkey(), ON, False, "none", "not due"),
-        (stored(), zkey(), RotationPolicy(), False, "none", "not enabled"),
+        (stored(), IDLE, zkey(), ON, False, "none", "not due"),
+        (stored(), IDLE, zkey(), RotationPolicy(), False, "none", "not enabled"),
         (
             stored(lease_expires_at="2026-11-01T00:00:00Z"),
+            IDLE,
             zkey(),
             ON,
             False,
             "start",
             "lease expired",
         ),
-        (stored(), zkey(usage=8), ON, False, "start", "usage 8/10"),
-        (stored(), zkey(usage=7), ON, False, "none", "not due"),
-        (stored(), zkey(), RotationPolicy(), True, "start", "requested"),
-        (stored(rotation_state="created"), zkey(), ON, False, "resume", "in progress"),
+        (stored(), IDLE, zkey(usage=8), ON, False, "start", "usage 8/10"),
+        (stored(), IDLE, zkey(usage=7), ON, False, "none", "not due"),
+        (stored(), IDLE, zkey(), RotationPolicy(), True, "start", "requested"),
+        (stored(), Journal(1, State.CREATED), zkey(), ON, False, "resume", "in progress"),
         (
-            stored(rotation_state="written", rotation_grace_until="2026-11-27T13:00:00Z"),
+            stored(),
+            Journal(1, State.WRITTEN, grace_until="2026-11-27T13:00:00Z"),
             zkey(),
             ON,
             False,
@@ -77,7 +80,8 @@ ON = RotationPolicy(enabled=True, after=86400.0, at_usage_ratio=0.8)
             "old key kept until",
         ),
         (
-            stored(rotation_state="written", rotation_grace_until="2026-11-27T11:00:00Z"),
+            stored(),
+            Journal(1, State.WRITTEN, grace_until="2026-11-27T11:00:00Z"),
             zkey(),
             ON,
             False,
@@ -85,7 +89,17 @@ ON = RotationPolicy(enabled=True, after=86400.0, at_usage_ratio=0.8)
             "in progress",
         ),
         (
-            stored(rotation_needs_human="true", rotation_failures="5"),
+            stored(),
+            Journal(1, State.WRITTEN, grace_until="garbage"),
+            zkey(),
+            ON,
+            False,
+            "wait",
+            "old key kept until",
+        ),
+        (
+            stored(),
+            Journal(1, needs_human=True, failures=5),
             zkey(usage=9),
             ON,
             False,
@@ -93,27 +107,43 @@ ON = RotationPolicy(enabled=True, after=86400.0, at_usage_ratio=0.8)
             "needs a human",
         ),
         (
-            stored(rotation_retry_at="2026-11-27T12:05:00Z"),
+            stored(),
+            Journal(1, retry_at="2026-11-27T12:05:00Z"),
             zkey(usage=9),
             ON,
             False,
             "wait",
             "backing off",
         ),
+        # A journal an earlier version kept in custom_metadata is still honoured.
+        (stored(rotation_state="created"), None, zkey(), ON, False, "resume", "in progress"),
     ],
 )
 def test_decide(
     secret: StoredSecret,
+    journal: Journal | None,
     key: ProvisioningKey,
     policy: RotationPolicy,
     requested: bool,
     action: str,
     why: str,
 ) -> None:
-    """Lease expiry, usage ratio and requests start a rotation; journals resume; failures wait."""
-    decision = decide(secret, key, policy, NOW, requested=requested)
+    """Lease expiry, usage ratio and requests start a rotation; journals resume; failures wait;
+    an unreadable grace timestamp waits instead of removing the old key."""
+    decision = decide(secret, key, policy, NOW, journal=journal, requested=requested)
     assert decision.action == action
     assert why in decision.reason
+
+
+def journal_of(vault: Vault, path: str) -> dict[str, str]:
+    """The rotation journal of a group's secret, as Vault holds it (empty: none written)."""
+    rel = path.split("/", 1)[1]
+    result = vault.bao(
+        "kv", "get", "-format=json", f"{vault.mount}/zpa/_vault-zpa/rotation/{rel}", check=False
+    )
+    if result.returncode != 0:
+        return {}
+    return json.loads(result.stdout)["data"]["data"]  # type: ignore[no-any-return]
 
 
 def policy_file(tmp_path: Path, **policy: str) -> str:
@@ -173,7 +203,8 @@ def test_requested_rotation_with_overlap_then_removal(sim: ZpaSimulator, vault: 
     doc = vault.kv_get(path)
     current = doc["data"]["data"]  # type: ignore[index]
     assert current["key_id"] == entry["new_key_id"]  # type: ignore[index]
-    assert doc["data"]["metadata"]["custom_metadata"]["rotation_state"] == "written"  # type: ignore[index]
+    assert journal_of(vault, path)["state"] == "written"
+    assert journal_of(vault, path)["old_id"] == old["id"]
     previous = json.loads(
         vault.bao("kv", "get", "-version=1", "-format=json", f"{vault.mount}/{path}").stdout
     )["data"]["data"]
@@ -187,9 +218,10 @@ def test_requested_rotation_with_overlap_then_removal(sim: ZpaSimulator, vault: 
     assert done.returncode == 0, done.stderr
     assert [k["id"] for k in group_keys(sim, group_id)] == [entry["new_key_id"]]
     assert not sim.accepts(previous["provisioning_key"])
-    meta = vault.metadata(path)["custom_metadata"]
-    assert not any(k.startswith("rotation_") for k in meta)  # type: ignore[union-attr]
-    assert "last_rotated_at" in meta  # type: ignore[operator]
+    journal = journal_of(vault, path)
+    assert journal["state"] == "idle"
+    assert journal["last_rotated_at"]
+    assert journal["retired"] == old["id"]
     again = run_cli("sync", "--output", "json", env=env)
     assert {i["action"] for i in json.loads(again.stdout)["items"]} == {"unchanged"}
 
@@ -268,7 +300,7 @@ def test_sigkill_at_each_step_then_resume(sim: ZpaSimulator, vault: Vault, step:
         time.sleep(1.1)
         resumed = run_cli("rotate", "--all-due", env=env)
         assert resumed.returncode == 0, resumed.stderr
-        if "rotation_state" not in vault.metadata(path)["custom_metadata"]:  # type: ignore[operator]
+        if journal_of(vault, path).get("state") == "idle":
             break
     keys = group_keys(sim, group_id)
     assert len(keys) == 1, keys  # old removed, exactly one new key, no strays
@@ -310,8 +342,7 @@ def test_failing_rotation_backs_off_then_needs_a_human(vault: Vault, tmp_path: P
         assert "needs a human" in blocked.stdout
         group = next(iter(sim.groups["CONNECTOR_GRP"].values()))
         path = f"zpa/CONNECTOR_GRP/{group['name']}"
-        meta = vault.metadata(path)["custom_metadata"]
-        assert meta["rotation_needs_human"] == "true"  # type: ignore[index]
+        assert journal_of(vault, path)["needs_human"] == "true"
         held = vault.kv_get(path)["data"]["data"]  # type: ignore[index]
         assert sim.accepts(held["provisioning_key"])  # type: ignore[index]
         # A person asks for it explicitly: the rotation resumes and completes.
@@ -328,7 +359,7 @@ def test_failing_rotation_backs_off_then_needs_a_human(vault: Vault, tmp_path: P
             env=env,
         )
         assert asked.returncode == 0, asked.stdout + asked.stderr
-        assert "rotation_needs_human" not in vault.metadata(path)["custom_metadata"]  # type: ignore[operator]
+        assert journal_of(vault, path)["needs_human"] == "false"
 
 
 def test_daemon_rotates_due_keys_and_serves_rotate_requests(

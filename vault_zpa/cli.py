@@ -19,7 +19,7 @@ import click
 
 from vault_zpa import __version__, build, logs, report
 from vault_zpa.config import Settings, load
-from vault_zpa.errors import VaultZpaError
+from vault_zpa.errors import ConfigError, VaultZpaError
 from vault_zpa.model import AssociationType
 from vault_zpa.reconcile import Scope
 from vault_zpa.sync import Progress, SyncOptions, run_once
@@ -141,6 +141,15 @@ def sync(
     )
     zpa = build.zpa_client(settings.zpa())
     store = build.kv_store(settings)
+    if prune and store.kv_version == 1:
+        # Refused before ZPA is listed or anything is written: a KV v1 delete cannot be undone,
+        # and finding that out per orphan left the run half done.
+        store.close()
+        zpa.close()
+        raise ConfigError(
+            f"--prune needs a KV v2 mount: {settings.vault.mount} is KV v1, where deletes are "
+            "not recoverable; run without --prune (orphans are still reported)"
+        )
     options = SyncOptions(
         association_types=settings.association_types,
         prefix=settings.vault.prefix,
@@ -347,17 +356,18 @@ def rotate(
 ) -> None:
     """Rotate provisioning keys: a new key in ZPA, written to Vault, the old one removed after
     the grace period. Every step is journaled in Vault, so an interrupted rotation resumes."""
-    from vault_zpa.config import parse_duration
+    from vault_zpa.config import MAX_GRACE, parse_duration
     from vault_zpa.sync import inspect, rotate_once
 
     if bool(groups) == all_due:
         raise click.UsageError("give --association-type T --group NAME, or --all-due")
     if groups and association_type is None:
         raise click.UsageError("--group needs --association-type")
-    try:
-        grace_seconds = parse_duration(grace) if grace is not None else None
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--grace") from None
+    # Checked before anything is read or created: a grace past the bound (or inf/nan) used to
+    # fail only after the new key existed, wedging the rotation. A ConfigError: exit 2, one line.
+    grace_seconds = (
+        parse_duration(grace, name="--grace", maximum=MAX_GRACE) if grace is not None else None
+    )
     settings = settings_from(
         config_path,
         log_level,
@@ -390,8 +400,10 @@ def rotate(
         results = rotate_once(
             zpa=zpa,
             store=store,
+            prefix=settings.vault.prefix,
             items=snap.plan.items,
             stored=snap.stored,
+            journals=snap.journals,
             listings=snap.listings,
             rotation=settings.rotation,
             rules=settings.rules,
@@ -482,6 +494,12 @@ def _ask_daemon(
 @click.option("--association-type", "association_type", type=TYPES, required=True)
 @click.option("--group", required=True, help="The connector's group name.")
 @click.option(
+    "--group-id",
+    default=None,
+    help="The group's ZPA id (as sync reports it): needed when the name has no letter or digit "
+    "a path can use, or its slug collided with another group's.",
+)
+@click.option(
     "--out",
     default=None,
     help="Where to write the key (default: the connector's own path for the association type).",
@@ -494,6 +512,7 @@ def _ask_daemon(
 def fetch(
     association_type: str,
     group: str,
+    group_id: str | None,
     out: str | None,
     mode: str,
     owner: str | None,
@@ -505,9 +524,10 @@ def fetch(
 ) -> None:
     """Connector host: read this group's key from Vault and write it for the connector service.
 
-    Only read access to the group's own secret is needed (see `vault-zpa policy render`)."""
+    Only read access to the group's own secret is needed (see `vault-zpa policy render`).
+    A secret that names another group is never written. Exit 1 when the key cannot be read or
+    written (missing or read-only directory), 2 on bad usage."""
     from vault_zpa import fetch as fetching
-    from vault_zpa import layout
     from vault_zpa.vault.kv import HvacKvStore
 
     try:
@@ -529,12 +549,12 @@ def fetch(
             "the path template uses {group_id}; fetch needs a template "
             "that names the group by {group}"
         )
-    path = layout.secret_path(
-        rule.path_template,
+    paths = fetching.candidate_paths(
+        template=rule.path_template,
         prefix=settings.vault.prefix,
-        association_type=atype.value,
+        association_type=atype,
         group_name=group,
-        group_id=group,
+        group_id=group_id,
         microtenant_id=settings.values.get("zpa.microtenant_id"),
     )
     # A connector's policy cannot read sys/mounts: KV v2 unless told otherwise.
@@ -543,18 +563,15 @@ def fetch(
         build.vault_connection(settings.vault), mount=settings.vault.mount, kv_version=version
     )
     try:
-        secret = store.read(path)
+        path, data = fetching.find_secret(
+            store, paths, group_name=group, group_id=group_id, mount=settings.vault.mount
+        )
     finally:
         store.close()
     where = f"{settings.vault.mount}/{path}"
-    if secret is None or secret.data is None:
-        raise fetching.FetchError(
-            f"no provisioning key at {where}",
-            hint="check the group name, or run `vault-zpa sync` first",
-        )
     target = out or fetching.DEFAULT_PATHS[atype]
     written = fetching.write_key(
-        secret.data.get("provisioning_key", ""), target, mode=file_mode, uid=uid, gid=gid
+        data.get("provisioning_key", ""), target, mode=file_mode, uid=uid, gid=gid
     )
     verb = "wrote" if written.changed else "unchanged:"
     click.echo(
@@ -573,8 +590,10 @@ def _policies(
     groups: tuple[str, ...],
     all_groups: bool,
     include_service: bool,
+    group_id: str | None = None,
 ) -> list[Any]:
     from vault_zpa import policy as policies
+    from vault_zpa.model import Listing
 
     vault = settings.vault
     version = 1 if vault.kv_version == "1" else 2
@@ -586,42 +605,50 @@ def _policies(
         out.append(
             policies.auditor_policy(mount=vault.mount, prefix=vault.prefix, kv_version=version)
         )
-    pairs: list[tuple[AssociationType, str, str, str | None]] = []
+    if group_id is not None and len(groups) != 1:
+        raise click.UsageError("--group-id goes with exactly one --group")
     if groups:
         if association_type is None:
             raise click.UsageError("--group needs --association-type")
-        pairs += [(AssociationType(association_type), g, g, None) for g in groups]
-    if all_groups:
-        with build.zpa_client(settings.zpa()) as zpa:
-            for atype in settings.association_types:
-                for group in zpa.list_groups(atype):
-                    pairs.append(
-                        (
-                            atype,
-                            str(group.get("name", "")),
-                            str(group.get("id", "")),
-                            group.get("microtenantId"),
-                        )
-                    )
-    for atype, name, group_id, tenant in pairs:
-        out.append(
-            policies.connector_policy(
-                association_type=atype,
-                group_name=name,
-                group_id=group_id,
-                mount=vault.mount,
-                prefix=vault.prefix,
-                template=settings.rules[atype].path_template,
-                microtenant_id=tenant,
-                kv_version=version,
+        atype = AssociationType(association_type)
+        for name in groups:
+            out.append(
+                policies.connector_policy(
+                    association_type=atype,
+                    group_name=name,
+                    group_id=group_id or "",
+                    mount=vault.mount,
+                    prefix=vault.prefix,
+                    template=settings.rules[atype].path_template,
+                    kv_version=version,
+                )
             )
+    if all_groups:
+        # Placed from the key listing by the planner itself: exactly the paths sync writes.
+        with build.zpa_client(settings.zpa()) as zpa:
+            listings = [
+                Listing(atype, tuple(zpa.list_provisioning_keys(atype)))
+                for atype in settings.association_types
+            ]
+        out += policies.placed_connector_policies(
+            listings,
+            rules=settings.rules,
+            mount=vault.mount,
+            prefix=vault.prefix,
+            kv_version=version,
         )
     return out
 
 
 def policy_options(fn: F) -> F:
     """The group selection shared by `policy render` and `policy apply`."""
-    fn = click.option("--all-groups", is_flag=True, help="Every group ZPA lists.")(fn)
+    fn = click.option(
+        "--group-id",
+        default=None,
+        help="The ZPA id of the one --group: needed when its name has no letter or digit a path "
+        "can use.",
+    )(fn)
+    fn = click.option("--all-groups", is_flag=True, help="Every group ZPA lists with a key.")(fn)
     fn = click.option("--group", "groups", multiple=True, help="A connector group (repeatable).")(
         fn
     )
@@ -649,6 +676,7 @@ def policy_render(
     association_type: str | None,
     groups: tuple[str, ...],
     all_groups: bool,
+    group_id: str | None,
     config_path: str | None,
     log_level: str | None,
     log_format: str | None,
@@ -656,7 +684,7 @@ def policy_render(
     """Print policies as HCL: the daemon's and the auditor's, or the connector groups' ones."""
     settings = _type_settings(config_path, log_level, log_format, association_type)
     service = not groups and not all_groups
-    for item in _policies(settings, association_type, groups, all_groups, service):
+    for item in _policies(settings, association_type, groups, all_groups, service, group_id):
         click.echo(f"# ---- policy {item.name} ----")
         click.echo(item.text)
 
@@ -667,6 +695,7 @@ def policy_apply(
     association_type: str | None,
     groups: tuple[str, ...],
     all_groups: bool,
+    group_id: str | None,
     config_path: str | None,
     log_level: str | None,
     log_format: str | None,
@@ -675,7 +704,7 @@ def policy_apply(
     settings = _type_settings(config_path, log_level, log_format, association_type)
     conn = build.vault_connection(settings.vault)
     try:
-        for item in _policies(settings, association_type, groups, all_groups, True):
+        for item in _policies(settings, association_type, groups, all_groups, True, group_id):
             path = f"sys/policies/acl/{item.name}"
             name, text = str(item.name), str(item.text)
 

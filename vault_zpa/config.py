@@ -3,10 +3,19 @@
 `load(path=..., environ=..., flags=...)` is the only reader of the environment. Every problem is
 a `ConfigError` naming where the value came from (flag, variable, or file and key) and why it is
 wrong. Secrets come from the environment or files only, and are wrapped in `Secret`.
+
+Durations ('90s', '5m', '1h30m', '30d', or a number of seconds) are finite and bounded wherever
+they come from (flag, variable, TOML): nothing longer than `MAX_DURATION` (3650 days, ten years)
+is accepted, and settings with a natural scale are tighter: a rotation grace at most 365 days,
+the leader lease period 5 s to 1 day (Vault counts `delete_version_after` in whole seconds, and a
+sub-second period would become `0s`, "never"), timeouts and the rate window at most 1 hour,
+retry budgets and jitter at most 1 day, the daemon interval 1 s to 365 days.
+Non-finite numbers (inf, nan, 1e400) anywhere in the TOML file are refused with the key named.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -23,35 +32,94 @@ from vault_zpa.rotation import RotationPolicy, RotationSettings, parse_policy
 
 # ---- value parsers ------------------------------------------------------------------------
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d|w)")
+_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+MINUTE, HOUR, DAY = 60.0, 3600.0, 86400.0
+MAX_DURATION = 3650 * DAY  # ten years of 365 days: the default bound of every duration
+MAX_GRACE = 365 * DAY  # a grace longer than a year is a typo, not a policy
+MIN_LEASE_PERIOD = 5.0  # below this, renewals cannot keep up and Vault rounds toward `0s`
+MAX_LEASE_PERIOD = DAY  # fail-over waits one period; longer is an outage, not HA
+_MAX_DURATION_TEXT = 64  # characters: no real duration is longer
 
 
-def parse_duration(value: Any) -> float:
-    """'90s', '5m', '1h30m', '30d', or a number of seconds."""
+class InvalidDuration(ConfigError, ValueError):
+    """A duration that is malformed, not finite, or out of bounds. A ConfigError (exit 2) that
+    is also a ValueError, so option parsers that add their own `where` keep doing so."""
+
+
+def _human(seconds: float) -> str:
+    for size, unit in ((DAY, "day"), (HOUR, "hour"), (MINUTE, "minute")):
+        if seconds >= size and seconds % size == 0:
+            count = int(seconds // size)
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    return f"{seconds:g}s"
+
+
+def parse_duration(
+    value: Any,
+    *,
+    name: str | None = None,
+    minimum: float | None = None,
+    maximum: float = MAX_DURATION,
+    allow_zero: bool = False,
+) -> float:
+    """'90s', '5m', '1h30m', '30d', or a number of seconds: a finite float in
+    (0, maximum] (0 too with `allow_zero`), at least `minimum` unless it is 0.
+
+    Anything else raises InvalidDuration, one line: `name: reason (got 'value')`."""
+
+    def refuse(reason: str) -> InvalidDuration:
+        shown = str(value)[:_MAX_DURATION_TEXT] if not isinstance(value, bool) else str(value)
+        return InvalidDuration(f"{name + ': ' if name else ''}{reason} (got {shown!r})")
+
+    malformed = "must be a duration such as 30s, 5m, 1h or 30d"
     if isinstance(value, bool):
-        raise ValueError("must be a duration such as 30s, 5m, 1h or 30d")
-    if isinstance(value, int | float):
+        raise refuse(malformed)
+    if isinstance(value, int):
+        if abs(value) > 10**18:  # float() of a huge int overflows; no duration is this long
+            raise refuse(f"must be at most {_human(maximum)}")
         seconds = float(value)
-    else:
-        text = str(value).strip().lower()
-        if re.fullmatch(r"\d+(?:\.\d+)?", text):
+    elif isinstance(value, float):
+        seconds = value
+    elif isinstance(value, str):
+        text = value.strip().lower()
+        if len(text) > _MAX_DURATION_TEXT:
+            raise refuse("is too long to be a duration")
+        if _SECONDS.fullmatch(text):
             seconds = float(text)
         else:
             parts = _DURATION.findall(text)
             if not parts or "".join(n + u for n, u in parts) != text:
-                raise ValueError("must be a duration such as 30s, 5m, 1h or 30d")
+                raise refuse(malformed)
             seconds = sum(float(n) * _UNITS[u] for n, u in parts)
-    if seconds <= 0:
-        raise ValueError("must be a positive duration")
+    else:
+        raise refuse(malformed)
+    if not math.isfinite(seconds):
+        raise refuse("must be a finite duration, not inf or nan")
+    if seconds < 0 or (seconds == 0 and not allow_zero):
+        raise refuse("must be a positive duration" + (" or 0" if allow_zero else ""))
+    if seconds > maximum:
+        raise refuse(f"must be at most {_human(maximum)}")
+    if minimum is not None and 0 < seconds < minimum:
+        raise refuse(f"must be at least {_human(minimum)}")
     return seconds
 
 
-def parse_duration_or_zero(value: Any) -> float:
-    """Like parse_duration, but 0 (or '0s') is allowed: 'none at all'."""
-    if str(value).strip() in ("0", "0s", "0.0"):
-        return 0.0
-    return parse_duration(value)
+def parse_duration_or_zero(value: Any, **bounds: Any) -> float:
+    """Like parse_duration, but 0 (or '0s', '0m', ...) is allowed: 'none at all'."""
+    return parse_duration(value, allow_zero=True, **bounds)
+
+
+def _duration(
+    *, minimum: float | None = None, maximum: float = MAX_DURATION, allow_zero: bool = False
+) -> Callable[[Any], float]:
+    """An option parser: a duration with these bounds (the caller adds where it came from)."""
+
+    def parse(value: Any) -> float:
+        return parse_duration(value, minimum=minimum, maximum=maximum, allow_zero=allow_zero)
+
+    return parse
 
 
 def parse_bool(value: Any) -> bool:
@@ -67,12 +135,11 @@ def parse_bool(value: Any) -> bool:
 
 def _int_between(low: int, high: int) -> Callable[[Any], int]:
     def parse(value: Any) -> int:
-        if isinstance(value, bool | float):
+        # ASCII digits only, and few of them: int() would also take '١٦', '1_6' or 4,000 digits.
+        text = str(value).strip() if isinstance(value, int | str) else ""
+        if isinstance(value, bool) or not re.fullmatch(r"-?[0-9]{1,18}", text):
             raise ValueError(f"must be a whole number from {low} to {high}")
-        try:
-            number = int(str(value).strip())
-        except ValueError:
-            raise ValueError(f"must be a whole number from {low} to {high}") from None
+        number = int(text)
         if not low <= number <= high:
             raise ValueError(f"must be a whole number from {low} to {high}")
         return number
@@ -179,11 +246,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("zpa.oneapi_cloud", ("ZSCALER_CLOUD",), _text, "production"),
     Option("zpa.token_url", ("VAULT_ZPA_ZPA_TOKEN_URL",), _text),
     Option("zpa.partner_id", ("ZSCALER_PARTNER_ID",), _text),
-    Option("zpa.timeout", ("VAULT_ZPA_ZPA_TIMEOUT",), parse_duration, 30.0),
-    Option("zpa.retry_budget", ("VAULT_ZPA_ZPA_RETRY_BUDGET",), parse_duration, 120.0),
+    Option("zpa.timeout", ("VAULT_ZPA_ZPA_TIMEOUT",), _duration(maximum=HOUR), 30.0),
+    Option("zpa.retry_budget", ("VAULT_ZPA_ZPA_RETRY_BUDGET",), _duration(maximum=DAY), 120.0),
     Option("zpa.get_limit", ("VAULT_ZPA_ZPA_GET_LIMIT",), _int_between(1, 10_000), 20),
     Option("zpa.write_limit", ("VAULT_ZPA_ZPA_WRITE_LIMIT",), _int_between(1, 10_000), 10),
-    Option("zpa.rate_window", ("VAULT_ZPA_ZPA_RATE_WINDOW",), parse_duration, 10.0),
+    Option("zpa.rate_window", ("VAULT_ZPA_ZPA_RATE_WINDOW",), _duration(maximum=HOUR), 10.0),
     # Vault
     Option("vault.addr", ("VAULT_ADDR",), _text, "https://127.0.0.1:8200"),
     Option("vault.token", ("VAULT_TOKEN",), _text, secret=True),
@@ -218,8 +285,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("vault.kv_version", ("VAULT_ZPA_KV_VERSION",), _choice("auto", "1", "2"), "auto"),
     Option("vault.max_versions", ("VAULT_ZPA_MAX_VERSIONS",), _int_between(2, 100), 5),
     Option("vault.concurrency", ("VAULT_ZPA_CONCURRENCY",), _int_between(1, 256), 16),
-    Option("vault.timeout", ("VAULT_ZPA_VAULT_TIMEOUT",), parse_duration, 30.0),
-    Option("vault.retry_budget", ("VAULT_ZPA_VAULT_RETRY_BUDGET",), parse_duration, 60.0),
+    Option("vault.timeout", ("VAULT_ZPA_VAULT_TIMEOUT",), _duration(maximum=HOUR), 30.0),
+    Option("vault.retry_budget", ("VAULT_ZPA_VAULT_RETRY_BUDGET",), _duration(maximum=DAY), 60.0),
     # Sync
     Option(
         "sync.association_types",
@@ -229,7 +296,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("sync.path_template", ("VAULT_ZPA_PATH_TEMPLATE",), _template, layout.DEFAULT_TEMPLATE),
     Option("sync.key_name_pattern", ("VAULT_ZPA_KEY_NAME_PATTERN",), _pattern),
-    Option("sync.lease", ("VAULT_ZPA_LEASE",), parse_duration, 30 * 86400.0),
+    Option("sync.lease", ("VAULT_ZPA_LEASE",), _duration(), 30 * DAY),
     Option(
         "sync.max_rotations_per_run",
         ("VAULT_ZPA_MAX_ROTATIONS_PER_RUN",),
@@ -243,13 +310,23 @@ OPTIONS: tuple[Option, ...] = (
         _choice("", "intent", "created", "written", "old_removed"),
     ),
     # Daemon
-    Option("daemon.interval", ("VAULT_ZPA_INTERVAL",), parse_duration, 300.0),
+    Option(
+        "daemon.interval",
+        ("VAULT_ZPA_INTERVAL",),
+        _duration(minimum=1.0, maximum=365 * DAY),
+        300.0,
+    ),
     Option("daemon.cron", ("VAULT_ZPA_CRON",), _text),
-    Option("daemon.jitter", ("VAULT_ZPA_JITTER",), parse_duration_or_zero, 15.0),
+    Option("daemon.jitter", ("VAULT_ZPA_JITTER",), _duration(maximum=DAY, allow_zero=True), 15.0),
     Option("daemon.listen", ("VAULT_ZPA_LISTEN",), _text, "127.0.0.1:9850"),
     Option("daemon.api_token", ("VAULT_ZPA_API_TOKEN",), _text, secret=True),
     Option("daemon.api_token_file", ("VAULT_ZPA_API_TOKEN_FILE",), _text),
-    Option("daemon.lease_period", ("VAULT_ZPA_LEASE_PERIOD",), parse_duration, 30.0),
+    Option(
+        "daemon.lease_period",
+        ("VAULT_ZPA_LEASE_PERIOD",),
+        _duration(minimum=MIN_LEASE_PERIOD, maximum=MAX_LEASE_PERIOD),
+        30.0,
+    ),
     Option("daemon.ha", ("VAULT_ZPA_HA",), parse_bool, True),
     Option("daemon.full_sync_every", ("VAULT_ZPA_FULL_SYNC_EVERY",), _int_between(1, 100_000), 12),
     # Logging
@@ -357,7 +434,12 @@ def load(
             try:
                 raw = option.parse(raw)
             except ValueError as exc:
-                shown = "" if option.secret else f" (got {str(raw)[:60]!r})"
+                # InvalidDuration already shows the value it refused.
+                shown = (
+                    ""
+                    if option.secret or isinstance(exc, InvalidDuration)
+                    else f" (got {str(raw)[:60]!r})"
+                )
                 raise ConfigError(f"{where}: {exc}{shown}") from None
         if option.secret and isinstance(raw, str) and raw:
             REDACTOR.register(raw)
@@ -389,6 +471,7 @@ def _read_file(path: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    _refuse_non_finite(path, document, [])
     flat: dict[str, Any] = {}
     types: dict[str, dict[str, Any]] = {}
     for section, body in document.items():
@@ -413,6 +496,20 @@ def _read_file(path: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
                 raise ConfigError(f"{path}: [{section}] {key}: must be a value, not a table")
             flat[name] = value
     return flat, types
+
+
+def _refuse_non_finite(path: str, value: Any, keys: list[str]) -> None:
+    """TOML reads inf, nan and 1e400 as floats; no setting wants one. Refused here, once, with
+    the key named, so no parser downstream meets a non-finite number."""
+    if isinstance(value, float) and not math.isfinite(value):
+        section = ".".join(keys[:-1]) or "top level"
+        raise ConfigError(f"{path}: [{section}] {keys[-1]}: must be a finite number (got {value})")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _refuse_non_finite(path, item, [*keys, str(key)])
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _refuse_non_finite(path, item, [*keys[:-1], f"{keys[-1] if keys else ''}[{index}]"])
 
 
 def _check_type_section(path: str, name: str, rule: Any) -> None:

@@ -9,12 +9,17 @@
 
 HTTP: /healthz (alive), /readyz (Vault reachable and authenticated, last run, role),
 /metrics (Prometheus), POST /v1/sync (loopback, or a bearer token when bound elsewhere).
+The listener is bounded before any authentication: a missing-or-bad `Content-Length` (negative,
+not a number, several) is a 400 and one over `max_body` a 413, answered before a body byte is
+read; every socket read or write times out after `http_timeout`; at most `max_connections`
+connections hold a handler thread, the rest get a 503 and are closed at once.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import secrets
 import signal
 import threading
@@ -35,6 +40,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from vault_zpa import logs
+from vault_zpa.config import parse_duration_or_zero
 from vault_zpa.errors import ConfigError, VaultZpaError
 from vault_zpa.masking import Secret
 from vault_zpa.model import Action, AssociationType, Outcome, Report
@@ -96,6 +102,9 @@ class DaemonConfig:
     lease_period: float = 30.0
     full_sync_every: int = 12
     ha: bool = True
+    http_timeout: float = 10.0  # seconds a socket read/write may wait: idle clients let go
+    max_body: int = 64 * 1024  # POST bodies are tiny JSON; anything larger is refused unread
+    max_connections: int = 64  # connections holding a handler thread at once
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -342,13 +351,22 @@ class Daemon:
             requested = frozenset(self._rotate_requests)
             grace, self._rotate_grace = self._rotate_grace, None
             self._rotate_requests.clear()
-        if not (self.rotation.any_enabled or requested) or not self.warm.usable:
+        if not (self.rotation.any_enabled or requested):
+            return
+        if not self.warm.usable:
+            if requested:  # this run failed part-way: keep the requests for the next one
+                with self._rotate_lock:
+                    self._rotate_requests |= requested
+                    self._rotate_grace = self._rotate_grace if grace is None else grace
+                log.warning("rotation requests kept for the next run: this sync did not finish")
             return
         results = rotate_once(
             zpa=self.zpa,
             store=self.store,
+            prefix=self.options.prefix,
             items=[r.item for r in report.results],
             stored=self.warm.stored,
+            journals=self.warm.journals,
             listings=report.listings,
             rotation=self.rotation,
             rules=self.options.rules,
@@ -397,9 +415,13 @@ class Daemon:
 
         class Handler(_Handler):
             owner = daemon
+            timeout = daemon.config.http_timeout  # StreamRequestHandler sets it on the socket
 
-        self.http = ThreadingHTTPServer((self.config.host, self.config.port), Handler)
-        self.http.daemon_threads = True
+        self.http = _Server(
+            (self.config.host, self.config.port),
+            Handler,
+            max_connections=self.config.max_connections,
+        )
         threading.Thread(target=self.http.serve_forever, name="http", daemon=True).start()
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
@@ -443,6 +465,70 @@ class Daemon:
         return f"http-{response.status_code}"
 
 
+MAX_GRACE = 365 * 86400.0
+_BUSY = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+
+class _Server(ThreadingHTTPServer):
+    """ThreadingHTTPServer with a cap on handler threads: a connection past the cap is answered
+    503 without blocking and closed, so idle or slow clients cannot pile up threads."""
+
+    daemon_threads = True
+
+    def __init__(
+        self, address: tuple[str, int], handler: type[_Handler], *, max_connections: int
+    ) -> None:
+        self._slots = threading.BoundedSemaphore(max(1, max_connections))
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            try:
+                request.setblocking(False)  # never wait on a client we are turning away
+                request.send(_BUSY)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that timed out or hung up mid-response: not worth a traceback on stderr.
+        log.debug("http connection from %s ended with an error", client_address, exc_info=True)
+
+
+def parse_grace(value: object) -> float | None:
+    """`grace` of POST /v1/rotate: absent, a duration string ('1h') or seconds, finite and from
+    0 to 365 days. Anything else is a ValueError (a 400), never an OverflowError downstream."""
+    if value is None:
+        return None
+    problem = ValueError("grace must be a duration such as 1h, or seconds from 0 to 365 days")
+    if isinstance(value, bool):
+        raise problem
+    try:
+        if isinstance(value, int | float):
+            seconds = float(value)
+        elif isinstance(value, str):
+            seconds = parse_duration_or_zero(value)
+        else:
+            raise problem
+    except (ValueError, OverflowError):
+        raise problem from None
+    if not math.isfinite(seconds) or not 0 <= seconds <= MAX_GRACE:
+        raise problem
+    return seconds
+
+
 class _Handler(BaseHTTPRequestHandler):
     owner: Daemon
     protocol_version = "HTTP/1.1"
@@ -455,13 +541,50 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(body)
+
+    def _refuse(self, status: int, error: str) -> None:
+        """Answer and hang up: whatever body the client sends next is never read."""
+        self.close_connection = True
+        self._json(status, {"error": error})
+
+    def _body(self) -> bytes | None:
+        """The request body, at most `max_body` bytes, or None after answering 400/413. The
+        length is checked before a byte is read and before any authentication."""
+        if "Transfer-Encoding" in self.headers:
+            self._refuse(400, "chunked bodies are not accepted; send a Content-Length")
+            return None
+        given = self.headers.get_all("Content-Length") or ["0"]
+        text = given[0].strip()
+        if len(given) > 1 or not (text.isascii() and text.isdigit()):
+            self._refuse(400, "Content-Length must be one non-negative whole number")
+            return None
+        limit = self.owner.config.max_body
+        if len(text) > 18 or int(text) > limit:
+            self._refuse(413, f"request bodies are limited to {limit} bytes")
+            return None
+        length = int(text)
+        try:
+            body = self.rfile.read(length) if length else b""
+        except OSError:  # includes the socket timeout: a client that stalls mid-body
+            self.close_connection = True
+            return None
+        if len(body) < length:  # the client hung up part-way
+            self.close_connection = True
+            return None
+        return body
 
     def _json(self, status: int, data: dict[str, Any]) -> None:
         self._send(status, json.dumps(data).encode())
 
     def do_GET(self) -> None:
+        if "Transfer-Encoding" in self.headers or self.headers.get(
+            "Content-Length", "0"
+        ).strip() not in ("", "0"):
+            self.close_connection = True  # a GET body is never read: do not parse it as a request
         if self.path == "/healthz":
             self._json(200, {"status": "ok"})
         elif self.path == "/readyz":
@@ -477,8 +600,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(404, {"error": "not found"})
 
     def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(min(length, 65536)) if length else b""
+        body = self._body()
+        if body is None:
+            return
         if self.path not in ("/v1/sync", "/v1/rotate"):
             self._json(404, {"error": "not found"})
             return
@@ -499,19 +623,24 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(409, {"error": "this replica is a standby; ask the leader"})
             return
         try:
-            request = json.loads(body or b"{}")
+            try:
+                request = json.loads(body or b"{}")
+            except RecursionError:
+                raise ValueError("the body is nested too deeply to be a rotate request") from None
+            if not isinstance(request, dict):
+                raise ValueError("the body must be a JSON object")
             atype = request.get("association_type")
             groups = request.get("groups") or []
-            grace = request.get("grace")
             if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
                 raise ValueError("groups must be a list of names")
-            pairs = {(AssociationType(atype), g) for g in groups} if groups else set()
-            if grace is not None and (isinstance(grace, bool) or float(grace) <= 0):
-                raise ValueError("grace must be a positive number of seconds")
-        except (ValueError, TypeError, AttributeError) as exc:
-            self._json(400, {"error": str(exc)[:200]})
+            if groups and atype not in {t.value for t in AssociationType}:
+                raise ValueError("association_type must be CONNECTOR_GRP or SERVICE_EDGE_GRP")
+            pairs = {(AssociationType(str(atype)), g) for g in groups}
+            grace = parse_grace(request.get("grace"))
+        except (ValueError, TypeError) as exc:
+            self._json(400, {"error": " ".join(str(exc).split())[:200]})
             return
-        self.owner.request_rotation(pairs, float(grace) if grace is not None else None)
+        self.owner.request_rotation(pairs, grace)
         self._json(202, {"accepted": True, "groups": sorted(g for _, g in pairs)})
 
 
@@ -598,11 +727,7 @@ class _Collector(Collector):
         yield GaugeMetricFamily(
             "vault_zpa_rotation_needs_human",
             "Secrets whose rotation gave up and waits for a person",
-            value=sum(
-                1
-                for s in d.warm.stored.values()
-                if s.custom_metadata.get("rotation_needs_human") == "true"
-            ),
+            value=sum(1 for j in dict(d.warm.journals).values() if j.needs_human),
         )
         last = GaugeMetricFamily(
             "vault_zpa_last_success_timestamp_seconds",

@@ -7,6 +7,7 @@
     │   ├── ZpaApiError           ZPA answered with an error (status, ZPA id and reason)
     │   │   └── ZpaRateLimited    429 past the retry budget
     │   ├── ZpaUnavailable        timeouts / connection errors past the retry budget
+    │   ├── ZpaOutcomeUnknown     a create may or may not have happened (never retried blindly)
     │   └── ListingInconsistent   pages disagreed; the listing must not be trusted
     └── VaultError                anything the Vault side could not do
         ├── VaultUnavailable      unreachable, sealed, 5xx past the retry budget
@@ -79,6 +80,12 @@ class ZpaRateLimited(ZpaApiError):
 
 class ZpaUnavailable(ZpaError):
     """ZPA could not be reached (timeouts, connection errors) within the retry budget."""
+
+
+class ZpaOutcomeUnknown(ZpaError):
+    """A create may have reached ZPA, but no answer says whether it happened (read timeout,
+    connection dropped after sending, 5xx, unreadable 200). Never retried: the caller looks the
+    object up by its unique name before creating again."""
 
 
 class ListingInconsistent(ZpaError):

@@ -4,6 +4,16 @@ file the connector service reads, atomically, with the mode and owner it expects
 Zscaler's runbook: App Connector `/opt/zscaler/var/provision_key`, Private Service Edge
 `/opt/zscaler/var/service-edge/provision_key`, mode 644, written before the service starts
 (zpa-api.md §9). The file ends with a newline, as Zscaler's own user_data writes it.
+
+Which secret: the path sync uses for the group (layout.py), found from the name and, where
+the name alone cannot place it, `--group-id`: a name with no usable character is refused
+without it (exit 2), and a name whose slug collided lives at `<slug>-<group_id>`. A secret
+naming another group is never taken, wherever it sits.
+
+The existing `--out` is never read unless it is a regular file of sane size (it is only
+compared, to skip a needless rewrite); a FIFO, device, socket or directory there is refused, a
+symbolic link is replaced, not followed. Write failures (missing or read-only directory) are
+one line and exit 1.
 """
 
 from __future__ import annotations
@@ -12,12 +22,16 @@ import contextlib
 import hashlib
 import os
 import re
+import stat
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
-from vault_zpa.errors import VaultZpaError
-from vault_zpa.model import AssociationType
+from vault_zpa import layout
+from vault_zpa.errors import ConfigError, VaultPermissionDenied, VaultZpaError
+from vault_zpa.model import AssociationType, StoredSecret
 
 DEFAULT_PATHS = {
     AssociationType.CONNECTOR_GRP: "/opt/zscaler/var/provision_key",
@@ -25,6 +39,8 @@ DEFAULT_PATHS = {
 }
 # <version>|<enrollment host>|<opaque>: treated as opaque beyond this shape (zpa-api.md §9).
 KEY_SHAPE = re.compile(r"\d+\|[A-Za-z0-9.-]+\|[A-Za-z0-9+/=_-]{16,}")
+# A key file is well under 1 KiB; anything larger at --out is not ours to read.
+MAX_EXISTING = 64 * 1024
 
 
 class FetchError(VaultZpaError):
@@ -37,6 +53,84 @@ class Written:
     changed: bool
     length: int
     fingerprint: str  # sha256 prefix: lets a person compare without seeing the key
+
+
+class _Reader(Protocol):
+    def read(self, path: str) -> StoredSecret | None: ...
+
+
+def candidate_paths(
+    *,
+    template: str,
+    prefix: str,
+    association_type: AssociationType,
+    group_name: str,
+    group_id: str | None,
+    microtenant_id: str | None,
+) -> list[str]:
+    """Where sync may hold this group's secret, in the order to try: the path of the name, then
+    (given the id, for a name whose slug lost characters) the collision path `<slug>-<id>`."""
+    if layout.needs_group_id(group_name) and not group_id:
+        raise ConfigError(
+            f"group name {group_name!r} has no character a Vault path can use, so its secret "
+            "is stored by id (group-<group_id>)",
+            hint="pass --group-id with the group_id `vault-zpa sync --output json` reports",
+        )
+    ref = layout.GroupRef(
+        template, prefix, association_type.value, group_name, group_id or "", microtenant_id
+    )
+    paths = [ref.path()]
+    if group_id and layout.is_lossy(group_name) and "{group}" in template:
+        paths.append(ref.path(disambiguate=True))
+    return list(dict.fromkeys(paths))
+
+
+def find_secret(
+    store: _Reader, paths: list[str], *, group_name: str, group_id: str | None, mount: str
+) -> tuple[str, Mapping[str, str]]:
+    """Read the candidates in order; the first secret of this group wins (its path and data).
+    A secret that names another group is skipped, never returned. Raises FetchError (or the
+    first denial) if none is found."""
+    denied: VaultPermissionDenied | None = None
+    refusal: str | None = None
+    for path in paths:
+        try:
+            secret = store.read(path)
+        except VaultPermissionDenied as exc:
+            denied = denied or exc
+            continue
+        if secret is None or secret.data is None:
+            continue
+        other = _other_group(secret.data, group_name=group_name, group_id=group_id)
+        if other is None:
+            return path, secret.data
+        refusal = refusal or (
+            f"the secret at {mount}/{path} belongs to group {other}, not {group_name!r}"
+        )
+    if refusal is not None:
+        raise FetchError(
+            refusal,
+            hint="names whose slug collides live at <slug>-<group_id>: pass --group-id",
+        )
+    if denied is not None:
+        raise denied
+    raise FetchError(
+        f"no provisioning key at {mount}/{paths[0]}",
+        hint="check the group name (and --group-id), or run `vault-zpa sync` first",
+    )
+
+
+def _other_group(data: Mapping[str, str], *, group_name: str, group_id: str | None) -> str | None:
+    """Describe the group a secret names, if that is not ours. Fields absent (a secret put by
+    hand) prove nothing either way; an id given and matching wins over a renamed group."""
+    their_id, their_name = data.get("group_id"), data.get("group_name")
+    if group_id and their_id is not None:
+        same = their_id == group_id
+    else:
+        same = their_name is None or their_name == group_name
+    if same:
+        return None
+    return f"{their_name!r} (id {their_id})" if their_id is not None else repr(their_name)
 
 
 def validate_key(value: object) -> str:
@@ -64,18 +158,21 @@ def write_key(
     target = Path(path)
     content = (key + "\n").encode("ascii")
     fingerprint = hashlib.sha256(key.encode()).hexdigest()[:12]
-    try:
-        if target.read_bytes() == content and _owned(target, mode, uid, gid):
+    current = _existing(target)
+    if current is not None:
+        old, st = current
+        if old == content and _owned(st, mode, uid, gid):
             return Written(path, False, len(key), fingerprint)
-    except OSError:
-        pass
     directory = target.parent
     if not directory.is_dir():
         raise FetchError(
             f"directory {directory} does not exist",
             hint="is the connector package installed? or pass --out",
         )
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise FetchError(f"cannot write {target}: {exc.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as handle:
             os.fchmod(handle.fileno(), mode)
@@ -85,20 +182,49 @@ def write_key(
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise FetchError(f"cannot write {target}: {exc.strerror}") from None
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
     return Written(path, True, len(key), fingerprint)
 
 
-def _owned(target: Path, mode: int, uid: int | None, gid: int | None) -> bool:
-    st = target.stat()
+def _existing(target: Path) -> tuple[bytes, os.stat_result] | None:
+    """The file at `target` and its status, only if it is a regular file of sane size: a link
+    is not followed, a FIFO is never waited on (O_NONBLOCK), a device is never read. Anything
+    there that a rename must not replace (FIFO, device, socket, directory) is refused."""
+    try:
+        kind = os.lstat(target).st_mode
+    except OSError:
+        return None  # absent (or its directory is): the write says what is wrong
+    if stat.S_ISLNK(kind):
+        return None  # replaced by the rename, never followed
+    if not stat.S_ISREG(kind):
+        raise FetchError(
+            f"--out {target} is not a regular file; refusing to replace it",
+            hint="remove it or choose another --out",
+        )
+    try:
+        fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None  # swapped since the lstat, or unreadable: just replace it
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_EXISTING:
+            return None
+        return os.read(fd, MAX_EXISTING + 1), st
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _owned(st: os.stat_result, mode: int, uid: int | None, gid: int | None) -> bool:
     return (
         (st.st_mode & 0o7777) == mode
         and (uid is None or st.st_uid == uid)

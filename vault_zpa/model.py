@@ -43,6 +43,10 @@ class ProvisioningKey:
     creation_time: int
     modified_time: int
     microtenant_id: str | None = None
+    # Why this one key cannot be used although its listing is fine (a value ZPA sent that we
+    # cannot trust: maxUsage null, an absurd timestamp, the key value hidden because the key
+    # is not exportable). Such a key is never selected; its group reports the reason.
+    problem: str | None = None
 
     @property
     def exhausted(self) -> bool:
@@ -50,21 +54,26 @@ class ProvisioningKey:
 
     @property
     def eligible(self) -> bool:
-        """A key a connector can still enroll with."""
-        return self.enabled and not self.exhausted
+        """A key a connector can still enroll with (and whose every value we could read)."""
+        return self.problem is None and self.enabled and not self.exhausted
 
 
 @dataclass(frozen=True, slots=True)
 class Listing:
     """Every provisioning key of one association type, or the reason the listing failed.
 
-    `complete` is the only licence to treat absence as deletion (orphans, pruning).
+    `complete` is the only licence to treat absence as deletion (orphans, pruning), and only
+    within what the listing covered: its microtenant, if it was scoped to one.
     """
 
     association_type: AssociationType
     keys: tuple[ProvisioningKey, ...] = ()
     complete: bool = True
     error: str | None = None
+    # The microtenant the listing was scoped to (`microtenantId` sent with every call), or None
+    # when it was not scoped (ZPA then lists every microtenant). Prune uses it to stay within
+    # what this run could see.
+    microtenant_id: str | None = None
 
 
 # Field names of the KV data a secret holds (DESIGN.md "What a secret holds").

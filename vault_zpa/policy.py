@@ -7,10 +7,16 @@ The files in `policies/` are these templates rendered for the defaults (mount `s
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from vault_zpa import layout
-from vault_zpa.model import AssociationType
+from vault_zpa.errors import ConfigError
+from vault_zpa.model import AssociationType, Listing
+from vault_zpa.reconcile import Scope, TypeRule, desired
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -43,9 +49,11 @@ path "{mount}/data/{prefix}/*" {{
   capabilities = ["create", "read", "update", "delete"]
 }}
 
-# custom_metadata (usage, leases, rotation journal, ownership marker) and listing for orphans.
+# custom_metadata (usage, leases, ownership marker; patch = merge, so other keys and the
+# secret's own settings survive) and listing for orphans. The rotation journal and the leader
+# lease are secrets of their own under _vault-zpa/, covered by the data rule above.
 path "{mount}/metadata/{prefix}/*" {{
-  capabilities = ["create", "read", "update", "list"]
+  capabilities = ["create", "read", "update", "patch", "list"]
 }}
 
 # Detect the KV version of the mount.
@@ -71,6 +79,11 @@ path "{mount}/{prefix}/*" {{
 path "{mount}/metadata/{prefix}/*" {{
   capabilities = ["read", "list"]
 }}
+
+# Rotation journals (states, key ids and names; never a key value).
+path "{mount}/data/{prefix}/_vault-zpa/rotation/*" {{
+  capabilities = ["read"]
+}}
 """
     return Policy("vault-zpa-auditor", text)
 
@@ -85,16 +98,28 @@ def connector_policy(
     template: str = layout.DEFAULT_TEMPLATE,
     microtenant_id: str | None = None,
     kv_version: int = 2,
+    path: str | None = None,
 ) -> Policy:
-    """A connector group reads its own group's secret: no list, no write, no other group."""
-    path = layout.secret_path(
-        template,
-        prefix=prefix,
-        association_type=association_type.value,
-        group_name=group_name,
-        group_id=group_id or group_name,
-        microtenant_id=microtenant_id,
-    )
+    """A connector group reads its own group's secret: no list, no write, no other group.
+
+    `path` is the placement sync computed (see `placed_connector_policies`); without it the
+    group is placed by its name as layout.py does when the name collides with no other. A name
+    with no usable character needs `group_id`: it is refused rather than guessed."""
+    if path is None:
+        if layout.needs_group_id(group_name) and not group_id:
+            raise ConfigError(
+                f"group name {group_name!r} has no character a Vault path can use, so its "
+                "secret is stored by id (group-<group_id>)",
+                hint="pass --group-id with the group_id `vault-zpa sync --output json` reports",
+            )
+        path = layout.secret_path(
+            template,
+            prefix=prefix,
+            association_type=association_type.value,
+            group_name=group_name,
+            group_id=group_id,
+            microtenant_id=microtenant_id,
+        )
     leaf = path.rsplit("/", 1)[-1]
     name = f"vault-zpa-{association_type.value.lower().replace('_', '-')}-{leaf}"[:128]
     full = _paths(mount, kv_version, "data", path)
@@ -108,3 +133,39 @@ path "{full}" {{
 
 def _comment(text: str) -> str:
     return "".join(c if c.isprintable() and c not in "\n\r" else "?" for c in text)[:100]
+
+
+def placed_connector_policies(
+    listings: Iterable[Listing],
+    *,
+    rules: Mapping[AssociationType, TypeRule],
+    mount: str = "secret",
+    prefix: str = "zpa",
+    kv_version: int = 2,
+) -> list[Policy]:
+    """One connector policy per group with a key, at exactly the path sync places it (the same
+    `reconcile.desired`, collisions resolved the same way). A group sync refuses to write (a
+    true collision, no safe path) gets no policy: its path may hold another group's secret."""
+    placed = desired(listings, prefix=prefix, rules=rules, scope=Scope())
+    out = []
+    for group in placed.groups:
+        if group.path is None or group.path in placed.collisions:
+            log.warning(
+                "no policy for %s group %r (id %s): sync does not write it",
+                group.association_type.value,
+                group.group_name,
+                group.group_id,
+            )
+            continue
+        out.append(
+            connector_policy(
+                association_type=group.association_type,
+                group_name=group.group_name,
+                group_id=group.group_id,
+                mount=mount,
+                prefix=prefix,
+                kv_version=kv_version,
+                path=group.path,
+            )
+        )
+    return out

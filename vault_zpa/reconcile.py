@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from vault_zpa import layout
-from vault_zpa.errors import VaultZpaError
 from vault_zpa.model import (
     MANAGED_BY,
     Action,
@@ -84,8 +83,13 @@ def desired(
     rules: Mapping[AssociationType, TypeRule],
     scope: Scope,
 ) -> Desired:
-    """Group every listed key by (association type, group) and place each group at its path."""
-    groups: list[DesiredGroup] = []
+    """Group every listed key by (association type, group) and place each group at its path.
+
+    Every listed group is placed, and collisions found, before `scope.groups` filters: the
+    placement of one group depends on the others (layout.assign_paths), and a filtered run must
+    place and refuse exactly as a full run does."""
+    found: list[tuple[AssociationType, str, str, tuple[ProvisioningKey, ...]]] = []
+    refs: list[layout.GroupRef] = []
     for listing in listings:
         rule = rules.get(listing.association_type, TypeRule())
         by_group: dict[str, list[ProvisioningKey]] = defaultdict(list)
@@ -93,28 +97,29 @@ def desired(
             by_group[key.group_id].append(key)
         for group_id, keys in sorted(by_group.items()):
             name = _group_name(keys)
-            if scope.groups and name not in scope.groups:
-                continue
-            try:
-                path: str | None = layout.secret_path(
+            found.append((listing.association_type, group_id, name, tuple(keys)))
+            refs.append(
+                layout.GroupRef(
                     rule.path_template,
-                    prefix=prefix,
-                    association_type=listing.association_type.value,
-                    group_name=name,
-                    group_id=group_id,
-                    microtenant_id=keys[0].microtenant_id,
+                    prefix,
+                    listing.association_type.value,
+                    name,
+                    group_id,
+                    keys[0].microtenant_id,
                 )
-                error = None
-            except VaultZpaError as exc:
-                path, error = None, exc.message
-            groups.append(
-                DesiredGroup(listing.association_type, group_id, name, tuple(keys), path, error)
             )
+    everyone: list[DesiredGroup] = []
+    for (atype, group_id, name, held), placed in zip(found, layout.assign_paths(refs), strict=True):
+        if isinstance(placed, str):
+            everyone.append(DesiredGroup(atype, group_id, name, held, placed))
+        else:
+            everyone.append(DesiredGroup(atype, group_id, name, held, None, placed.message))
     by_path: dict[str, list[DesiredGroup]] = defaultdict(list)
-    for group in groups:
+    for group in everyone:
         if group.path is not None:
             by_path[group.path].append(group)
     collisions = {p: tuple(gs) for p, gs in by_path.items() if len(gs) > 1}
+    groups = [g for g in everyone if not scope.groups or g.group_name in scope.groups]
     return Desired(tuple(groups), collisions)
 
 
@@ -171,9 +176,12 @@ def plan(
     rules: Mapping[AssociationType, TypeRule],
     scope: Scope,
     now: datetime,
+    excluded: Mapping[str, frozenset[str]] | None = None,
 ) -> Plan:
     """Decide one action per group and per orphaned path. `stored` holds whatever Vault has at
-    the desired paths and, when orphans are looked for, at every managed path under the prefix."""
+    the desired paths and, when orphans are looked for, at every managed path under the prefix.
+    `excluded` names, per path, key ids a rotation is retiring or has retired: they are never
+    written there (rotation.py explains why that keeps a served key from being deleted)."""
     items: list[PlanItem] = []
     stamp = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     for group in desired_state.groups:
@@ -185,6 +193,7 @@ def plan(
                 rules.get(group.association_type, TypeRule()),
                 scope,
                 stamp,
+                (excluded or {}).get(group.path or "", frozenset()),
             )
         )
     items.extend(_plan_orphans(desired_state, listings, stored, scope))
@@ -198,6 +207,7 @@ def _plan_group(
     rule: TypeRule,
     scope: Scope,
     stamp: str,
+    excluded: frozenset[str] = frozenset(),
 ) -> PlanItem:
     def item(action: Action, reason: str, **kw: object) -> PlanItem:
         return PlanItem(
@@ -218,9 +228,12 @@ def _plan_group(
         return item(Action.CONFLICT, f"path collides with group {names}; neither is written")
 
     current = stored.get(group.path)
-    key = select_key(group.keys, rule.key_name_pattern)
+    candidates = tuple(k for k in group.keys if k.id not in excluded)
+    key = select_key(candidates, rule.key_name_pattern)
     if key is None:
-        why = _why_no_key(group.keys, rule.key_name_pattern)
+        why = _why_no_key(candidates, rule.key_name_pattern)
+        if len(candidates) < len(group.keys):
+            why += f"; {len(group.keys) - len(candidates)} retired or being retired by a rotation"
         if (
             current is not None
             and current.managed
@@ -293,10 +306,23 @@ def _plan_orphans(
     stored: Mapping[str, StoredSecret],
     scope: Scope,
 ) -> list[PlanItem]:
+    """Managed secrets whose group has no key in ZPA any more: reported, or soft-deleted with
+    --prune. Only what this run could see is ever an orphan:
+
+    - its association type was listed, completely (absence in a partial listing proves
+      nothing), and no group filter was given;
+    - its microtenant was covered. A listing scoped to microtenant M (ZPA_MICROTENANT_ID)
+      sees only M's keys, so only secrets whose data says `microtenant_id: M` can be orphans
+      (for M = 0, ZPA's default microtenant, those without a microtenant_id); the parent's and
+      other microtenants' secrets are left out entirely. An unscoped listing covers the
+      default microtenant, so secrets without a microtenant_id can be orphans; a secret of
+      microtenant X is only pruned when the listing showed at least one key of X (ZPA omits
+      microtenants the API client may not see), and otherwise reported, never pruned.
+    """
     if scope.groups:
         return []  # a filtered run cannot tell what is gone
     wanted = set(desired_state.paths)
-    complete = {listing.association_type for listing in listings if listing.complete}
+    by_type = {listing.association_type: listing for listing in listings}
     items = []
     for path, secret in sorted(stored.items()):
         if path in wanted or not secret.managed or secret.data is None:
@@ -305,8 +331,24 @@ def _plan_orphans(
             atype = AssociationType(secret.data.get("association_type", ""))
         except ValueError:
             continue
-        if atype not in {listing.association_type for listing in listings}:
-            continue  # not part of this run
+        listing = by_type.get(atype)
+        if listing is None or not listing.complete:
+            continue  # not part of this run, or absence in a partial listing proves nothing
+        tenant = secret.data.get("microtenant_id") or None
+        if tenant == "0":
+            tenant = None  # ZPA's default microtenant; keys of it carry no microtenant_id
+        reason = "group has no key in ZPA any more"
+        prunable = True
+        if listing.microtenant_id is not None:
+            covered = None if listing.microtenant_id == "0" else listing.microtenant_id
+            if tenant != covered:
+                continue  # another microtenant's (or the parent's) secret: not ours to judge
+        elif tenant is not None and not any(k.microtenant_id == tenant for k in listing.keys):
+            prunable = False
+            reason = (
+                f"group has no key in ZPA any more, and no key of microtenant {tenant} was "
+                f"listed; not pruned (run with ZPA_MICROTENANT_ID={tenant} to prune it)"
+            )
         base = PlanItem(
             action=Action.ORPHAN,
             association_type=atype,
@@ -316,22 +358,12 @@ def _plan_orphans(
             group_name=secret.data.get("group_name"),
             expected_version=secret.version,
         )
-        if atype not in complete:
-            continue  # absence in a partial listing proves nothing
-        if scope.prune:
-            items.append(
-                _replace(
-                    base, Action.PRUNE, "group has no key in ZPA any more; soft-deleting (--prune)"
-                )
-            )
+        if scope.prune and prunable:
+            items.append(_replace(base, Action.PRUNE, f"{reason}; soft-deleting (--prune)"))
+        elif prunable:
+            items.append(_replace(base, Action.ORPHAN, f"{reason}; use --prune to soft-delete"))
         else:
-            items.append(
-                _replace(
-                    base,
-                    Action.ORPHAN,
-                    "group has no key in ZPA any more; use --prune to soft-delete",
-                )
-            )
+            items.append(_replace(base, Action.ORPHAN, reason))
     return items
 
 
@@ -344,9 +376,15 @@ def _replace(item: PlanItem, action: Action, reason: str) -> PlanItem:
 def _why_no_key(keys: Sequence[ProvisioningKey], pattern: re.Pattern[str] | None) -> str:
     if pattern is not None and not any(pattern.fullmatch(k.name) for k in keys):
         return f"no key name matches pattern {pattern.pattern!r}"
-    disabled = sum(1 for k in keys if not k.enabled)
-    exhausted = sum(1 for k in keys if k.enabled and k.exhausted)
-    return f"no eligible key ({disabled} disabled, {exhausted} exhausted)"
+    unusable = [k for k in keys if k.problem is not None]
+    disabled = sum(1 for k in keys if k.problem is None and not k.enabled)
+    exhausted = sum(1 for k in keys if k.problem is None and k.enabled and k.exhausted)
+    counts = f"{disabled} disabled, {exhausted} exhausted"
+    if not unusable:
+        return f"no eligible key ({counts})"
+    shown = "; ".join(f"key {k.id}: {k.problem}" for k in unusable[:3])
+    more = f"; and {len(unusable) - 3} more" if len(unusable) > 3 else ""
+    return f"no eligible key ({len(unusable)} unusable, {counts}): {shown}{more}"
 
 
 def _why_changed(old: Mapping[str, str], new: Mapping[str, str]) -> str:

@@ -2,37 +2,62 @@
 
 ZPA has no rotate endpoint: rotating means creating a new key for the same group, enrollment
 certificate and max usage, putting it in Vault, and removing the old key after a grace period.
-Every step is journaled in the secret's custom_metadata *before* it is taken:
 
-    (none) --intent--> intent --create in ZPA (or find by journaled name)--> created
-           --check-and-set write of the new key--> written (grace_until = now + grace)
-           --after grace: delete/disable the old key--> (journal cleared)
+The journal is its own KV v2 secret per group, `<prefix>/_vault-zpa/rotation/<path below the
+prefix>`, and every journal write is check-and-set against the journal version read. (It used to
+ride in the key secret's custom_metadata, which Vault writes without check-and-set: a stale or
+concurrent metadata write could wipe it.) Its states, each written *before* the step it allows:
 
-A process that dies anywhere resumes from the journal on the next run: it finds the key it
-created by its journaled name instead of creating another, and the old key is only removed in
-state `written`, i.e. after the new key is in Vault. Failures back off exponentially; after
-`max_failures` the secret is marked `rotation_needs_human=true` and left alone until a person
-runs `vault-zpa rotate` for it.
+    IDLE --cas--> INTENT --find by name, else create in ZPA--> CREATED
+         --cas write of the new key into the group's secret--> WRITTEN (grace_until = now+grace)
+         --grace over--> RETIRING --Vault does not serve the old key: delete/disable it--> IDLE
+
+Why the promises hold (the model-based test in tests/test_rotation_model.py tries to break them):
+- I1, never remove a served key: the old key is removed only in RETIRING, after re-reading the
+  group's secret and finding another key there. From INTENT on the journal names the old key
+  `retiring`, and the sync never writes a retiring (or retired) key: it reads the journals after
+  the secrets, and its writes are check-and-set against the version it read, so a sync that could
+  put the old key back either read the secret after the new key was written (and then sees the
+  journal) or loses its check-and-set. The grace runs from after the new key is in Vault.
+- I2, never orphan a created key: INTENT, with a unique name, is journaled before the create,
+  and a run that finds INTENT looks the name up before creating (a lost create response is
+  found, not repeated). CREATED names the id. WRITTEN only follows a successful write.
+- I3, one rotation per group: INTENT is a check-and-set write over an IDLE journal; of two
+  starters exactly one wins, the other reports the rotation as already in flight.
+- I4, fencing: every write first checks the writer's leader lease, and every data and journal
+  write is check-and-set, so a deposed leader's late write either lands before the new leader
+  read that secret (and is seen) or fails. Vault cannot check a fencing token itself.
+
+A journal is never deleted (a re-created path would restart its version numbers and let a late
+write with an old check-and-set version land): a finished rotation returns it to IDLE and keeps
+the last retired key ids. Failures back off exponentially; after `max_failures` the journal is
+marked `needs_human` and left alone until a person runs `vault-zpa rotate` for the group.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
+import math
 import os
+import secrets
 import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from vault_zpa.errors import ConfigError, VaultZpaError
+from vault_zpa import layout
+from vault_zpa.errors import CasConflict, ConfigError, VaultZpaError, ZpaApiError
 from vault_zpa.model import AssociationType, ProvisioningKey, StoredSecret
 from vault_zpa.reconcile import TypeRule, secret_data, volatile_metadata
 from vault_zpa.vault.kv import KvStore
 
 log = logging.getLogger(__name__)
 
-JOURNAL_KEYS = (
+# Legacy journal fields in a secret's custom_metadata (before the journal had its own secret):
+# adopted once into the journal, then removed from the metadata.
+LEGACY_KEYS = (
     "rotation_state",
     "rotation_reason",
     "rotation_new_name",
@@ -42,16 +67,23 @@ JOURNAL_KEYS = (
     "rotation_grace_until",
     "rotation_grace",
     "rotation_old_key",
-)
-# Cleared when a rotation completes: the journal plus the failure bookkeeping.
-CLEARED_KEYS = (
-    *JOURNAL_KEYS,
     "rotation_failures",
     "rotation_retry_at",
     "rotation_needs_human",
     "rotation_last_error",
 )
+# Fault-injection boundaries for the crash tests (SIGKILL right after the step is journaled).
 STEPS = ("intent", "created", "written", "old_removed")
+MAX_GRACE = 365 * 86400.0  # a grace longer than a year is a typo, not a policy
+RETIRED_KEPT = 5  # retired key ids remembered per group, so a sync never writes them back
+
+
+class State(enum.StrEnum):
+    IDLE = "idle"
+    INTENT = "intent"
+    CREATED = "created"
+    WRITTEN = "written"
+    RETIRING = "retiring"
 
 
 @dataclass(frozen=True)
@@ -114,7 +146,12 @@ def parse_policy(
             if key == "enabled":
                 changes[key] = parse_bool(value)
             elif key in ("after", "grace", "backoff"):
-                changes[key] = parse_duration(value)
+                seconds = parse_duration(value)
+                if not math.isfinite(seconds) or not 0 <= seconds <= 10 * MAX_GRACE:
+                    raise ValueError("must be a finite duration of at most 10 years")
+                if key == "grace" and seconds > MAX_GRACE:
+                    raise ValueError("must be at most 365d")
+                changes[key] = seconds
             elif key == "at_usage_ratio":
                 ratio = float(value)
                 if isinstance(value, bool) or not 0 < ratio <= 1:
@@ -135,9 +172,193 @@ def parse_policy(
                 if isinstance(value, bool) or not 1 <= number <= 1000:
                     raise ValueError("must be a whole number from 1 to 1000")
                 changes[key] = number
-        except (ValueError, TypeError, KeyError, IndexError) as exc:
+        except (ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
             raise ConfigError(f"{where} {key}: {exc}") from None
     return replace(policy, **changes)
+
+
+def new_key_name(template: str, *, group: str, key_name: str, moment: datetime) -> str:
+    """A rotated key's name: the template with a timestamp plus a random tag, so two names are
+    never equal and the tag alone (characters ZPA's search keeps) finds the key again."""
+    stamp = f"{moment.astimezone(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+    return template.format(group=group, key_name=key_name, timestamp=stamp)[:255]
+
+
+def check_compatible(rules: Mapping[AssociationType, TypeRule], rotation: RotationSettings) -> None:
+    """Refuse a rotation name template whose keys the type's key_name_pattern would not select:
+    the sync would put the old key back and the rotation would loop (create, delete, repeat)."""
+    policies = [(atype, p, "") for atype, p in rotation.policies.items()] + [
+        (atype, p, f" (group {group!r})") for (atype, group), p in rotation.per_group.items()
+    ]
+    for atype, policy, where in policies:
+        pattern = rules.get(atype, TypeRule()).key_name_pattern
+        if not policy.enabled or pattern is None:
+            continue
+        sample = new_key_name(
+            policy.name_template,
+            group=where.strip(" ()") or "Group",
+            key_name="Group-key",
+            moment=datetime(2026, 1, 1, tzinfo=UTC),
+        )
+        if pattern.fullmatch(sample) is None:
+            raise ConfigError(
+                f"[association_type.{atype.value}.rotation]{where} name_template makes keys "
+                f"named like {sample!r}, which key_name_pattern {pattern.pattern!r} does not "
+                "select",
+                hint="change name_template or key_name_pattern so rotated keys match",
+            )
+
+
+# ---- the journal ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Journal:
+    """One group's rotation journal as read from Vault (`version` 0: none written yet)."""
+
+    version: int = 0
+    state: State = State.IDLE
+    reason: str = ""
+    new_name: str = ""
+    new_id: str = ""
+    old_id: str = ""
+    started_at: str = ""
+    grace: float = 0.0
+    grace_until: str = ""
+    old_key: str = "delete"
+    failures: int = 0
+    retry_at: str = ""
+    needs_human: bool = False
+    last_error: str = ""
+    retired: tuple[str, ...] = ()
+    last_rotated_at: str = ""
+    writer_lease: str = ""
+
+    @property
+    def in_flight(self) -> bool:
+        return self.state is not State.IDLE
+
+    @property
+    def excluded(self) -> frozenset[str]:
+        """Key ids the sync must never write to this group's secret: the key being retired
+        (from INTENT on) and the last keys retired."""
+        ids = set(self.retired)
+        if self.in_flight and self.old_id and self.old_id != self.new_id:
+            ids.add(self.old_id)
+        return frozenset(ids)
+
+    def to_data(self) -> dict[str, str]:
+        return {
+            "state": self.state.value,
+            "reason": self.reason[:500],
+            "new_name": self.new_name,
+            "new_id": self.new_id,
+            "old_id": self.old_id,
+            "started_at": self.started_at,
+            "grace": str(int(self.grace)),
+            "grace_until": self.grace_until,
+            "old_key": self.old_key,
+            "failures": str(self.failures),
+            "retry_at": self.retry_at,
+            "needs_human": "true" if self.needs_human else "false",
+            "last_error": self.last_error[:500],
+            "retired": ",".join(self.retired[:RETIRED_KEPT]),
+            "last_rotated_at": self.last_rotated_at,
+            "writer_lease": self.writer_lease,
+        }
+
+    @classmethod
+    def from_data(cls, version: int, data: Mapping[str, str] | None) -> Journal:
+        """Parse what Vault holds; anything unreadable is an error, never a silent IDLE (that
+        could start a second rotation over one in flight)."""
+        if not data:
+            return cls(version=version)
+        try:
+            return cls(
+                version=version,
+                state=State(data.get("state") or "idle"),
+                reason=data.get("reason", ""),
+                new_name=data.get("new_name", ""),
+                new_id=data.get("new_id", ""),
+                old_id=data.get("old_id", ""),
+                started_at=data.get("started_at", ""),
+                grace=_bounded_grace(data.get("grace") or "0"),
+                grace_until=data.get("grace_until", ""),
+                old_key="disable" if data.get("old_key") == "disable" else "delete",
+                failures=int(data.get("failures") or 0),
+                retry_at=data.get("retry_at", ""),
+                needs_human=data.get("needs_human") == "true",
+                last_error=data.get("last_error", ""),
+                retired=tuple(i for i in (data.get("retired") or "").split(",") if i),
+                last_rotated_at=data.get("last_rotated_at", ""),
+                writer_lease=data.get("writer_lease", ""),
+            )
+        except (ValueError, OverflowError) as exc:
+            raise VaultZpaError(
+                f"the rotation journal (version {version}) is unreadable: {exc}",
+                hint="inspect it with `vault kv get`; fix or restore an earlier version",
+            ) from None
+
+    @classmethod
+    def from_legacy(cls, meta: Mapping[str, str]) -> Journal:
+        """A journal kept in custom_metadata by an earlier vault-zpa (version 0: not yet moved)."""
+        state = meta.get("rotation_state") or "idle"
+        if state == "old_removed":
+            state = "retiring"
+        return replace(
+            cls.from_data(
+                0,
+                {
+                    "state": state,
+                    **{k[len("rotation_") :]: v for k, v in meta.items() if k in LEGACY_KEYS},
+                },
+            ),
+            version=0,
+        )
+
+
+def _bounded_grace(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or not 0 <= value <= MAX_GRACE:
+        raise ValueError(f"grace {text!r} is not between 0 and 365 days")
+    return value
+
+
+def journal_path(prefix: str, secret_path: str) -> str:
+    """`<prefix>/_vault-zpa/rotation/<the secret's path below the prefix>`."""
+    return layout.state_path(prefix, "rotation/" + secret_path[len(prefix) + 1 :])
+
+
+def journal_root(prefix: str) -> str:
+    return layout.state_path(prefix, "rotation")
+
+
+def read_journal(store: KvStore, prefix: str, secret: StoredSecret | None, path: str) -> Journal:
+    """The group's journal; a legacy one from custom_metadata when none has been written yet."""
+    raw = store.read(journal_path(prefix, path))
+    journal = Journal.from_data(raw.version, raw.data) if raw is not None else Journal()
+    if journal.version == 0 and secret is not None and "rotation_state" in secret.custom_metadata:
+        return Journal.from_legacy(secret.custom_metadata)
+    return journal
+
+
+def read_journals(store: KvStore, prefix: str) -> dict[str, Journal]:
+    """Every journal under the prefix, by the secret path it belongs to (LIST, then reads)."""
+    root = journal_root(prefix)
+    out: dict[str, Journal] = {}
+    for path in store.list_tree(root):
+        raw = store.read(path)
+        if raw is None:
+            continue
+        try:
+            out[f"{prefix}/{path[len(root) + 1 :]}"] = Journal.from_data(raw.version, raw.data)
+        except VaultZpaError as exc:
+            log.warning("%s: %s", path, exc)
+            # Unreadable: treat the group as rotating so nothing is retired or rolled back.
+            out[f"{prefix}/{path[len(root) + 1 :]}"] = Journal(
+                version=raw.version, state=State.INTENT, needs_human=True, last_error=str(exc)
+            )
+    return out
 
 
 # ---- the pure decision ---------------------------------------------------------------------
@@ -155,30 +376,27 @@ def decide(
     policy: RotationPolicy,
     now: datetime,
     *,
+    journal: Journal | None = None,
     requested: bool = False,
 ) -> Decision:
     """Is this group's key due for rotation, and why? Pure; reads only what Vault and ZPA hold."""
     meta = secret.custom_metadata
+    if journal is None:
+        journal = Journal.from_legacy(meta) if "rotation_state" in meta else Journal()
     if secret.data is None or not secret.managed:
         return Decision("none", "no managed key in Vault")
-    if meta.get("rotation_needs_human") == "true" and not requested:
+    if journal.needs_human and not requested:
         return Decision(
             "blocked",
-            f"rotation failed {meta.get('rotation_failures', '?')} times; "
+            f"rotation failed {journal.failures} times ({journal.last_error or 'see the log'}); "
             "needs a human (run `vault-zpa rotate` for this group)",
         )
-    retry_at = meta.get("rotation_retry_at")
-    if retry_at and _parse(retry_at) > now and not requested:
-        return Decision("wait", f"backing off after a failure until {retry_at}")
-    state = meta.get("rotation_state")
-    if state:
-        if state == "written":
-            until = meta.get("rotation_grace_until", "")
-            if until and _parse(until) > now:
-                return Decision("wait", f"new key in Vault; old key kept until {until}")
-        return Decision(
-            "resume", f"rotation in progress ({state}): {meta.get('rotation_reason', '')}"
-        )
+    if journal.retry_at and _parse(journal.retry_at) > now and not requested:
+        return Decision("wait", f"backing off after a failure until {journal.retry_at}")
+    if journal.in_flight:
+        if journal.state is State.WRITTEN and _parse(journal.grace_until) > now:
+            return Decision("wait", f"new key in Vault; old key kept until {journal.grace_until}")
+        return Decision("resume", f"rotation in progress ({journal.state}): {journal.reason}")
     if requested:
         return Decision("start", "requested")
     if not policy.enabled:
@@ -198,6 +416,7 @@ def decide(
 
 
 def _parse(stamp: str) -> datetime:
+    """Journal timestamps; an unreadable one counts as far future (wait), never as past."""
     try:
         return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
     except ValueError:
@@ -250,181 +469,288 @@ class RotationResult:
     error: str | None = None
 
 
+class Superseded(VaultZpaError):
+    """Another writer changed the journal first: this run stops, nothing is counted as failed."""
+
+
+def _not_found(exc: ZpaApiError) -> bool:
+    """ZPA answers a missing object with 404, or 400 `resource.not.found` (zpa-api.md §12)."""
+    return exc.status == 404 or (exc.status == 400 and exc.zpa_id == "resource.not.found")
+
+
 class Rotator:
+    """Runs one group's rotation steps. `writer` returns the fencing token (the leader lease's
+    version) or None when this process must not write; `hook` is called at each step boundary
+    (tests inject crashes there); `kill_at` SIGKILLs at a boundary for the subprocess trials."""
+
     def __init__(
         self,
         *,
         zpa: KeyAdmin,
         store: KvStore,
+        prefix: str,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         kill_at: str | None = None,
         writer: Callable[[], int | None] | None = None,
         rules: Mapping[AssociationType, TypeRule] | None = None,
+        hook: Callable[[str], None] | None = None,
     ) -> None:
         self.rules = rules or {}
         self.zpa = zpa
         self.store = store
+        self.prefix = prefix
         self.now = now
-        self.kill_at = kill_at  # fault injection for the crash tests: SIGKILL at this boundary
+        self.kill_at = kill_at
         self.writer = writer
+        self.hook = hook
 
     def run(
         self, path: str, policy: RotationPolicy, *, reason: str, requested: bool = False
     ) -> RotationResult:
         """Take every step that is due for one group, journaling each before it is taken."""
+        if self.store.kv_version != 2:
+            raise ConfigError(
+                "rotation needs a KV v2 mount: its journal is written with check-and-set"
+            )
         secret = self.store.read(path)
         if secret is None or secret.data is None:
             return RotationResult(path, None, Decision("none", "no key in Vault"), None)
         group = secret.data.get("group_name")
-        meta = dict(secret.custom_metadata)
-        if requested:  # a person asked: forget earlier failures (persisted with the next step)
-            for name in (
-                "rotation_needs_human",
-                "rotation_failures",
-                "rotation_retry_at",
-                "rotation_last_error",
-            ):
-                meta.pop(name, None)
+        journal = read_journal(self.store, self.prefix, secret, path)
+        if requested and (journal.needs_human or journal.failures or journal.retry_at):
+            # A person asked: forget earlier failures (persisted with the next step).
+            journal = replace(journal, needs_human=False, failures=0, retry_at="", last_error="")
+        action = "resume" if journal.in_flight else "start"
         try:
-            return self._steps(path, secret, meta, policy, reason)
-        except VaultZpaError as exc:
-            self._failed(path, meta, policy, str(exc))
+            return self._steps(path, secret, journal, policy, reason, action)
+        except Superseded as exc:
             return RotationResult(
-                path, group, Decision("resume", reason), meta.get("rotation_state"), error=str(exc)
+                path, group, Decision("wait", str(exc.message)), journal.state.value
             )
+        except VaultZpaError as exc:
+            latest = self._failed(path, policy, str(exc.message))
+            return RotationResult(
+                path,
+                group,
+                Decision("resume", reason),
+                latest.state.value if latest.in_flight else None,
+                error=str(exc),
+            )
+
+    # -- steps ---------------------------------------------------------------------------
 
     def _steps(
         self,
         path: str,
         secret: StoredSecret,
-        meta: dict[str, str],
+        journal: Journal,
         policy: RotationPolicy,
         reason: str,
+        action: str,
     ) -> RotationResult:
+        """`action` ("start" or "resume") labels the result of a run that took steps."""
         assert secret.data is not None
         data = secret.data
         atype = AssociationType(data["association_type"])
         group = data.get("group_name")
-        if not meta.get("rotation_state"):
-            stamp = self.now().strftime("%Y%m%dT%H%M%SZ")
-            name = policy.name_template.format(
-                group=group or data["group_id"], key_name=data["key_name"], timestamp=stamp
+        rule = self.rules.get(atype, TypeRule())
+        if not journal.in_flight:
+            name = new_key_name(
+                policy.name_template,
+                group=group or data["group_id"],
+                key_name=data["key_name"],
+                moment=self.now(),
             )
-            meta.update(
-                rotation_state="intent",
-                rotation_reason=reason[:500],
-                rotation_new_name=name[:255],
-                rotation_old_id=data["key_id"],
-                rotation_started_at=_stamp(self.now()),
-                rotation_grace=str(int(policy.grace)),
-                rotation_old_key=policy.old_key,
+            if rule.key_name_pattern is not None and not rule.key_name_pattern.fullmatch(name):
+                raise ConfigError(
+                    f"a rotated key would be named {name!r}, which key_name_pattern "
+                    f"{rule.key_name_pattern.pattern!r} does not select; not rotating"
+                )
+            grace = policy.grace
+            if not math.isfinite(grace) or not 0 <= grace <= MAX_GRACE:
+                raise ConfigError(f"grace {grace!r} s is not between 0 and 365 days")
+            journal = self._journal(
+                path,
+                journal,
+                state=State.INTENT,
+                reason=reason,
+                new_name=name,
+                new_id="",
+                old_id=data["key_id"],
+                started_at=_stamp(self.now()),
+                grace=grace,
+                grace_until="",
+                old_key=policy.old_key,
+                needs_human=False,
             )
-            meta.pop("rotation_needs_human", None)
-            self._journal(path, meta)
             self._boundary("intent")
-        if meta["rotation_state"] == "intent":
-            name = meta["rotation_new_name"]
-            key = self.zpa.find_provisioning_key(atype, name)
+        if journal.state is State.INTENT:
+            key = self._find(atype, journal.new_name, data["group_id"], journal.old_id)
             if key is None:
                 key = self.zpa.create_provisioning_key(
                     atype,
-                    name=name,
+                    name=journal.new_name,
                     group_id=data["group_id"],
                     enrollment_cert_id=data["enrollment_cert_id"],
                     max_usage=int(data["max_usage"]),
                 )
-                log.info("rotation: created key %s (%s) for %s", key.id, name, path)
-            meta.update(rotation_state="created", rotation_new_id=key.id)
-            self._journal(path, meta)
+                log.info("rotation: created key %s for %s", key.id, path)
+            journal = self._journal(path, journal, state=State.CREATED, new_id=key.id)
             self._boundary("created")
-        if meta["rotation_state"] == "created":
-            current = self.store.read(path)
-            if current is None or current.data is None:
-                raise VaultZpaError(f"{path} disappeared from Vault during rotation")
-            # The grace and the old-key mode were fixed when the rotation started (journaled),
-            # so a resumed rotation keeps the promise the first run made.
-            grace = float(meta.get("rotation_grace") or policy.grace)
-            grace_until = _stamp(self.now() + timedelta(seconds=grace))
-            meta.update(rotation_state="written", rotation_grace_until=grace_until)
-            new_id = meta["rotation_new_id"]
-            if current.data.get("key_id") != new_id:
-                key = self.zpa.get_provisioning_key(atype, new_id)
-                rule = self.rules.get(atype, TypeRule())
-                fresh = {
-                    **current.custom_metadata,
-                    **meta,
-                    **volatile_metadata(key, rule),
-                    "last_synced_at": _stamp(self.now()),
-                }
-                self._fence(fresh)
-                self.store.write(path, secret_data(key), cas=current.version, custom_metadata=fresh)
-                meta = fresh
-            else:
-                meta = {**current.custom_metadata, **meta}
-                self._journal(path, meta)
+        if journal.state is State.CREATED:
+            self._write_new_key(path, atype, rule, journal)
+            grace_until = _stamp(self.now() + timedelta(seconds=journal.grace))
+            journal = self._journal(path, journal, state=State.WRITTEN, grace_until=grace_until)
             self._boundary("written")
-        if meta["rotation_state"] == "written":
-            if _parse(meta["rotation_grace_until"]) > self.now():
+        if journal.state is State.WRITTEN:
+            if _parse(journal.grace_until) > self.now():
                 return RotationResult(
                     path,
                     group,
                     Decision(
-                        "start",
-                        f"{reason}; new key in Vault, old key kept until "
-                        f"{meta['rotation_grace_until']}",
+                        action,
+                        f"{reason}; new key in Vault, old key kept until {journal.grace_until}",
                     ),
-                    "written",
-                    meta.get("rotation_new_id"),
+                    State.WRITTEN.value,
+                    journal.new_id,
                 )
-            old_id, new_id = meta["rotation_old_id"], meta["rotation_new_id"]
-            if old_id != new_id:
-                if meta.get("rotation_old_key", policy.old_key) == "disable":
-                    try:
-                        self.zpa.update_provisioning_key(atype, old_id, {"enabled": False})
-                    except VaultZpaError as exc:
-                        if "resource.not.found" not in str(exc):
-                            raise
-                else:
-                    self.zpa.delete_provisioning_key(atype, old_id)
-                log.info("rotation: removed old key %s of %s", old_id, path)
+            journal = self._journal(path, journal, state=State.RETIRING)
+        if journal.state is State.RETIRING:
+            self._retire(path, atype, journal)
             self._boundary("old_removed")
-            current = self.store.read(path)
-            base = current.custom_metadata if current is not None else meta
-            meta = {k: v for k, v in base.items() if k not in CLEARED_KEYS}
-            meta["last_rotated_at"] = _stamp(self.now())
-            self._journal(path, meta)
-            return RotationResult(path, group, Decision("start", f"{reason}; done"), None, new_id)
-        raise VaultZpaError(
-            f"{path}: unknown rotation state {meta.get('rotation_state')!r} in "
-            "the journal; clear the rotation_* metadata by hand"
-        )
+            journal = self._journal(
+                path,
+                journal,
+                state=State.IDLE,
+                retired=(journal.old_id, *journal.retired)[:RETIRED_KEPT],
+                last_rotated_at=_stamp(self.now()),
+                failures=0,
+                retry_at="",
+                last_error="",
+            )
+            return RotationResult(
+                path, group, Decision(action, f"{reason}; done"), None, journal.new_id
+            )
+        raise VaultZpaError(f"{path}: rotation journal in unexpected state {journal.state}")
 
-    def _fence(self, meta: dict[str, str]) -> None:
-        if self.writer is not None:
-            fence = self.writer()
-            if fence is None:
-                raise VaultZpaError("not the leader any more; rotation paused")
-            meta["writer_lease"] = str(fence)
-
-    def _journal(self, path: str, meta: dict[str, str]) -> None:
+    def _write_new_key(
+        self, path: str, atype: AssociationType, rule: TypeRule, journal: Journal
+    ) -> None:
+        """Check-and-set the new key into the group's secret, unless it is there already (an
+        earlier attempt whose response was lost). Only after this returns is WRITTEN journaled."""
+        current = self.store.read(path)
+        if current is None or current.data is None:
+            raise VaultZpaError(f"{path} disappeared from Vault during rotation")
+        if current.data.get("key_id") == journal.new_id:
+            return
+        key = self.zpa.get_provisioning_key(atype, journal.new_id)
+        if not key.eligible:
+            raise VaultZpaError(
+                f"the new key {key.id} is disabled or exhausted in ZPA; not writing it"
+            )
+        meta = {
+            **{k: v for k, v in current.custom_metadata.items() if k not in LEGACY_KEYS},
+            **volatile_metadata(key, rule),
+            "last_synced_at": _stamp(self.now()),
+        }
         self._fence(meta)
-        self.store.write_metadata(path, meta)
+        self.store.write(
+            path, secret_data(key), cas=current.version, custom_metadata=meta, remove=LEGACY_KEYS
+        )
+        log.info("rotation: wrote key %s to %s", key.id, path)
 
-    def _failed(self, path: str, meta: dict[str, str], policy: RotationPolicy, error: str) -> None:
-        failures = int(meta.get("rotation_failures", "0") or 0) + 1
-        meta["rotation_failures"] = str(failures)
-        delay = min(policy.backoff * 2 ** (failures - 1), 86400.0)
-        meta["rotation_retry_at"] = _stamp(self.now() + timedelta(seconds=delay))
-        meta["rotation_last_error"] = error[:500]
-        if failures >= policy.max_failures:
-            meta["rotation_needs_human"] = "true"
-        log.warning("rotation of %s failed (%d): %s", path, failures, error)
+    def _check_not_served(self, path: str, journal: Journal) -> None:
+        """The last look before the old key goes: Vault must serve another key (I1)."""
+        current = self.store.read(path)
+        if (
+            current is not None
+            and current.data is not None
+            and current.data.get("key_id") == journal.old_id
+        ):
+            raise VaultZpaError(
+                f"{path} serves the old key {journal.old_id} again; not removing it",
+                hint="find out who wrote it back; `vault-zpa rotate` for the group resumes",
+            )
+
+    def _find(
+        self, atype: AssociationType, name: str, group_id: str, old_id: str
+    ) -> ProvisioningKey | None:
+        """The key an earlier attempt may have created (its create response lost): same unique
+        name, same group, never the key being retired."""
+        found = self.zpa.find_provisioning_key(atype, name)
+        if found is None or found.id == old_id or found.group_id != group_id:
+            return None
+        return found
+
+    def _retire(self, path: str, atype: AssociationType, journal: Journal) -> None:
+        """Delete or disable the old key, only if Vault does not serve it (I1)."""
+        self._check_not_served(path, journal)
+        old_id, new_id = journal.old_id, journal.new_id
+        if old_id == new_id or not old_id:
+            return
+        self._fence({})
         try:
-            self._journal(path, meta)
+            if journal.old_key == "disable":
+                self.zpa.update_provisioning_key(atype, old_id, {"enabled": False})
+            else:
+                self.zpa.delete_provisioning_key(atype, old_id)
+        except ZpaApiError as exc:
+            if not _not_found(exc):
+                raise
+        log.info("rotation: removed old key %s of %s", old_id, path)
+
+    # -- journal writes --------------------------------------------------------------------
+
+    def _fence(self, meta: dict[str, str]) -> str:
+        if self.writer is None:
+            return ""
+        fence = self.writer()
+        if fence is None:
+            raise Superseded("not the leader any more; rotation paused")
+        meta["writer_lease"] = str(fence)
+        return str(fence)
+
+    def _journal(self, path: str, journal: Journal, **changes: Any) -> Journal:
+        """Check-and-set the journal from the version we read to the next one."""
+        fence = self._fence({})
+        new = replace(journal, writer_lease=fence, **changes)
+        try:
+            version = self.store.write(
+                journal_path(self.prefix, path),
+                new.to_data(),
+                cas=journal.version,
+                custom_metadata={"managed_by": "vault-zpa", "kind": "rotation-journal"},
+            )
+        except CasConflict:
+            raise Superseded(
+                f"another run changed the rotation journal of {path} first; leaving it to that "
+                "run (the next run resumes from the journal)"
+            ) from None
+        return replace(new, version=version)
+
+    def _failed(self, path: str, policy: RotationPolicy, error: str) -> Journal:
+        """Record a failure in the journal as it now stands in Vault: the state is never moved
+        on by a failure, only the retry bookkeeping."""
+        try:
+            current = read_journal(self.store, self.prefix, self.store.read(path), path)
+            failures = current.failures + 1
+            delay = min(policy.backoff * 2 ** min(failures - 1, 20), 86400.0)
+            log.warning("rotation of %s failed (%d): %s", path, failures, error)
+            return self._journal(
+                path,
+                current,
+                failures=failures,
+                retry_at=_stamp(self.now() + timedelta(seconds=delay)),
+                last_error=error[:500],
+                needs_human=failures >= policy.max_failures,
+            )
         except VaultZpaError as exc:
             log.warning("could not record the rotation failure of %s: %s", path, exc)
+            return Journal()
 
     def _boundary(self, step: str) -> None:
+        if self.hook is not None:
+            self.hook(step)
         if self.kill_at == step:
             log.warning("fault injection: SIGKILL at rotation step %s", step)
             os.kill(os.getpid(), signal.SIGKILL)

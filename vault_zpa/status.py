@@ -63,7 +63,9 @@ def rows(snapshot: Snapshot, rotation: RotationSettings | None = None) -> list[G
         if stored is not None and stored.data is not None:
             held = by_id.get((item.association_type, stored.data.get("key_id", "")))
             policy = rotation.policy(item.association_type, item.group_name)
-            decision = decide(stored, held, policy, snapshot.started)
+            decision = decide(
+                stored, held, policy, snapshot.started, journal=snapshot.journals.get(item.path)
+            )
             label = {
                 "start": "due",
                 "resume": "in-progress",

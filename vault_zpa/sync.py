@@ -36,11 +36,13 @@ from vault_zpa.model import (
 from vault_zpa.reconcile import Scope, TypeRule
 from vault_zpa.rotation import (
     Decision,
+    Journal,
     KeyAdmin,
     RotationResult,
     RotationSettings,
     Rotator,
     decide,
+    read_journals,
 )
 from vault_zpa.vault.kv import KvStore
 
@@ -81,7 +83,11 @@ def list_one(source: KeySource, atype: AssociationType) -> Listing:
     except ZpaError as exc:
         log.warning("listing %s failed: %s", atype.value, exc)
         return Listing(atype, (), complete=False, error=str(exc))
-    return Listing(atype, tuple(keys))
+    # The microtenant the source is scoped to (ZpaClient.microtenant_id) bounds what prune may
+    # touch; a source without one (a test double) lists everything.
+    tenant = getattr(source, "microtenant_id", None)
+    scoped = tenant if isinstance(tenant, str) and tenant else None
+    return Listing(atype, tuple(keys), microtenant_id=scoped)
 
 
 def read_all(
@@ -116,6 +122,7 @@ class Snapshot:
     listings: tuple[Listing, ...]
     stored: dict[str, StoredSecret]
     plan: Plan
+    journals: Mapping[str, Journal] = field(default_factory=dict)  # rotation, by secret path
 
     @property
     def errors(self) -> tuple[str, ...]:
@@ -141,8 +148,10 @@ def stages(
     options: SyncOptions,
     started: datetime,
     stored: dict[str, StoredSecret],
+    journals: dict[str, Journal] | None = None,
     progress: Progress | None = None,
     known: Mapping[str, StoredSecret] | None = None,
+    known_journals: Mapping[str, Journal] | None = None,
 ) -> Iterator[Stage]:
     """Plan the run in stages, overlapping the ZPA listing with the Vault side.
 
@@ -150,8 +159,10 @@ def stages(
     lost: what Vault holds is read back (LIST, then a read per path) while ZPA is still being
     listed, and with the default layout (one folder per association type) each type is planned
     as soon as its own listing is complete, so the caller can write it while the next type is
-    listed. `stored` is filled with everything read. With `known` (the daemon's memory of what
-    it last wrote) Vault is not read at all."""
+    listed. `stored` is filled with everything read, `journals` with the rotation journals,
+    read after the secrets (rotation.py says why the order matters). With `known` (the daemon's
+    memory of what it last wrote, and `known_journals`) Vault is not read at all."""
+    journals = {} if journals is None else journals
     types = options.association_types
     read_back = known is None and options.find_orphans and not options.scope.groups
     roots = _orphan_roots(options)
@@ -159,6 +170,7 @@ def stages(
     zpa_pool = ThreadPoolExecutor(1, thread_name_prefix="zpa-list")
     vault_pool = ThreadPoolExecutor(1, thread_name_prefix="vault-read")
     stored.update(known or {})
+    journals.update(known_journals or {})
     try:
         vault = (
             vault_pool.submit(_read_back, store, options, roots, progress) if read_back else None
@@ -171,10 +183,13 @@ def stages(
                 listings, prefix=options.prefix, rules=options.rules, scope=options.scope
             )
             if vault is not None:
-                stored.update(vault.result())  # once: it covers every stage's folder
+                secrets, found = vault.result()  # once: it covers every stage's folder
+                stored.update(secrets)
+                journals.update(found)
                 vault = None
             elif known is None and not read_back:
                 stored.update(read_all(store, desired.paths, progress=progress))
+                journals.update(_read_journals(store, options))
             if per_type:
                 root = roots[group[0]] + "/"
                 visible = {p: s for p, s in stored.items() if p.startswith(root)}
@@ -187,6 +202,7 @@ def stages(
                 rules=options.rules,
                 scope=options.scope,
                 now=started,
+                excluded={p: j.excluded for p, j in journals.items() if j.excluded},
             )
             yield Stage(tuple(listings), plan.items)
     finally:
@@ -196,9 +212,16 @@ def stages(
         vault_pool.shutdown(wait=False, cancel_futures=True)
 
 
+def _read_journals(store: KvStore, options: SyncOptions) -> dict[str, Journal]:
+    """Rotation journals (KV v2 only: rotation refuses KV v1). Read after the secrets."""
+    if store.kv_version != 2:
+        return {}
+    return store.executor().submit(read_journals, store, options.prefix).result()
+
+
 def _read_back(
     store: KvStore, options: SyncOptions, roots: Sequence[str], progress: Progress | None
-) -> dict[str, StoredSecret]:
+) -> tuple[dict[str, StoredSecret], dict[str, Journal]]:
     """Everything Vault holds under this run's folders. The LIST shows every path that exists
     (soft-deleted ones too), so only those are read: a desired path missing from it is a
     create, and a path created after the LIST makes the check-and-set create fail instead of
@@ -207,7 +230,8 @@ def _read_back(
     # On the store's pool, whose threads keep their connections from run to run.
     trees = store.executor().submit(lambda: [store.list_tree(root) for root in roots]).result()
     existing = {p for tree in trees for p in tree if not p.startswith(state)}
-    return read_all(store, sorted(existing), progress=progress)
+    secrets = read_all(store, sorted(existing), progress=progress)
+    return secrets, _read_journals(store, options)
 
 
 def _in_plan_order(values: Iterable[T], item: Callable[[T], PlanItem]) -> list[T]:
@@ -226,12 +250,12 @@ def inspect(
     options: SyncOptions,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
     progress: Progress | None = None,
-    known: dict[str, StoredSecret] | None = None,
+    warm: WarmState | None = None,
 ) -> Snapshot:
     """List ZPA, read what Vault holds at every relevant path, and plan. Writes nothing.
-    With `known` (the daemon's memory of what it last wrote) Vault is not read at all."""
+    With a usable `warm` (the daemon's memory of what it last wrote) Vault is not read at all."""
     snap, _ = _staged(
-        source=source, store=store, options=options, now=now, progress=progress, known=known
+        source=source, store=store, options=options, now=now, progress=progress, warm=warm
     )
     return snap
 
@@ -243,13 +267,15 @@ def _staged(
     options: SyncOptions,
     now: Callable[[], datetime],
     progress: Progress | None,
-    known: Mapping[str, StoredSecret] | None,
+    warm: WarmState | None,
     act: Callable[[Sequence[PlanItem]], list[ItemResult]] | None = None,
 ) -> tuple[Snapshot, list[ItemResult]]:
     """Drive `stages`, handing each stage's items to `act` as soon as it is planned; the
     snapshot and results come back in plan order (groups first, then orphans by path)."""
     started = now()
     stored: dict[str, StoredSecret] = {}
+    journals: dict[str, Journal] = {}
+    usable = warm is not None and warm.usable
     parts: list[Stage] = []
     results: list[ItemResult] = []
     for part in stages(
@@ -258,15 +284,17 @@ def _staged(
         options=options,
         started=started,
         stored=stored,
+        journals=journals,
         progress=progress,
-        known=known,
+        known=warm.stored if warm is not None and usable else None,
+        known_journals=warm.journals if warm is not None and usable else None,
     ):
         parts.append(part)
         if act is not None:
             results.extend(act(part.items))
     listings = tuple(listing for part in parts for listing in part.listings)
     items = _in_plan_order((i for part in parts for i in part.items), lambda i: i)
-    snap = Snapshot(started, listings, stored, Plan(tuple(items), listings))
+    snap = Snapshot(started, listings, stored, Plan(tuple(items), listings), journals)
     return snap, _in_plan_order(results, lambda r: r.item)
 
 
@@ -295,7 +323,6 @@ def run_once(
     Each stage's writes start as soon as it is planned, while ZPA lists the next association
     type. `warm` (the daemon) replaces the Vault read-back with what the last run left there;
     `guard` returns the writer's lease version (the fencing token) or None to stop writing."""
-    known = warm.stored if warm is not None and warm.usable else None
 
     def act(items: Sequence[PlanItem]) -> list[ItemResult]:
         if options.dry_run:
@@ -310,7 +337,7 @@ def run_once(
         options=options,
         now=now,
         progress=progress,
-        known=known,
+        warm=warm,
         act=act,
     )
     if warm is not None and not options.dry_run:
@@ -333,10 +360,11 @@ class WarmState:
     a full reconciliation, and whenever the writer's leadership was interrupted."""
 
     stored: dict[str, StoredSecret] = field(default_factory=dict)
+    journals: Mapping[str, Journal] = field(default_factory=dict)
     usable: bool = False
 
     def invalidate(self) -> None:
-        self.stored, self.usable = {}, False
+        self.stored, self.journals, self.usable = {}, {}, False
 
     def remember(self, snap: Snapshot, results: Sequence[ItemResult]) -> None:
         if any(r.outcome is Outcome.FAILED for r in results):
@@ -364,7 +392,7 @@ class WarmState:
             elif item.action is Action.PRUNE and item.path in stored:
                 old = stored[item.path]
                 stored[item.path] = StoredSecret(old.path, old.version, None, old.custom_metadata)
-        self.stored, self.usable = stored, True
+        self.stored, self.journals, self.usable = stored, dict(snap.journals), True
 
 
 def execute(
@@ -435,10 +463,12 @@ def rotate_once(
     *,
     zpa: KeyAdmin,
     store: KvStore,
+    prefix: str,
     items: Sequence[PlanItem],
     stored: Mapping[str, StoredSecret],
     listings: Sequence[Listing],
     rotation: RotationSettings,
+    journals: Mapping[str, Journal] | None = None,
     rules: Mapping[AssociationType, TypeRule] | None = None,
     requested: frozenset[tuple[AssociationType, str]] = frozenset(),
     dry_run: bool = False,
@@ -446,13 +476,26 @@ def rotate_once(
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
     kill_at: str | None = None,
     guard: Callable[[], int | None] | None = None,
+    hook: Callable[[str], None] | None = None,
+    rotator: Rotator | None = None,
 ) -> list[RotationResult]:
     """Decide rotation for every group of a plan and take the due steps, at most
     `rotation.max_per_run` new rotations per run (rotations already in flight always resume).
     With `requested`, only those (type, group) pairs are looked at, and they rotate even when
-    no policy says they are due."""
-    rotator = Rotator(zpa=zpa, store=store, now=now, kill_at=kill_at, writer=guard, rules=rules)
+    no policy says they are due. One group's failure is reported and never stops the others.
+    `rotator` replaces the one built from the other arguments (tests hand in variants)."""
+    rotator = rotator or Rotator(
+        zpa=zpa,
+        store=store,
+        prefix=prefix,
+        now=now,
+        kill_at=kill_at,
+        writer=guard,
+        rules=rules,
+        hook=hook,
+    )
     by_id = {(k.association_type, k.id): k for listing in listings for k in listing.keys}
+    journals = journals or {}
     results: list[RotationResult] = []
     started = 0
     moment = now()
@@ -467,8 +510,11 @@ def rotate_once(
         if grace is not None:
             policy = replace(policy, grace=grace)
         held = by_id.get((item.association_type, secret.data.get("key_id", "")))
-        decision = decide(secret, held, policy, moment, requested=pair in requested)
-        state = secret.custom_metadata.get("rotation_state")
+        journal = journals.get(item.path)
+        decision = decide(
+            secret, held, policy, moment, journal=journal, requested=pair in requested
+        )
+        state = journal.state.value if journal is not None and journal.in_flight else None
         if decision.action == "none":
             continue
         if decision.action in ("wait", "blocked") or dry_run:
@@ -488,7 +534,20 @@ def rotate_once(
             )
             continue
         started += decision.action == "start"
-        results.append(
-            rotator.run(item.path, policy, reason=decision.reason, requested=pair in requested)
-        )
+        try:
+            result = rotator.run(
+                item.path, policy, reason=decision.reason, requested=pair in requested
+            )
+        except VaultZpaError as exc:
+            result = RotationResult(item.path, item.group_name, decision, state, error=str(exc))
+        except Exception as exc:  # one group's bug must not stop every other group's rotation
+            log.exception("rotation of %s failed unexpectedly", item.path)
+            result = RotationResult(
+                item.path,
+                item.group_name,
+                decision,
+                state,
+                error=f"internal error: {type(exc).__name__}",
+            )
+        results.append(result)
     return results

@@ -176,10 +176,11 @@ HOSTILE = [
 
 
 def test_hostile_group_names_end_to_end(vault: Vault, recorder: Recorder) -> None:
-    """Groups with hostile names: every path lands under the prefix; collisions are conflicts
-    for both groups and neither is written; the rest sync."""
+    """Groups with hostile names: every path lands under the prefix; names whose slugs collide
+    after losing characters move to `<slug>-<group id>`; a true collision (two groups of one
+    name) is a conflict for both and neither is written; the rest sync."""
     with ZpaSimulator(seed=50, connector_groups=0, service_edge_groups=0, rate_limits=False) as sim:
-        for name in HOSTILE:
+        for name in [*HOSTILE, "twin", "twin"]:
             group = sim.add_group("CONNECTOR_GRP", name)
             sim.add_key("CONNECTOR_GRP", group["id"], name=f"k-{group['id']}")
         result = run_cli("sync", "--output", "json", env=clean_env(sim.env(), vault.env))
@@ -188,10 +189,14 @@ def test_hostile_group_names_end_to_end(vault: Vault, recorder: Recorder) -> Non
         assert all(p.startswith("zpa/CONNECTOR_GRP/") for p in paths)
         assert all(".." not in p.split("/") for p in paths)
         conflicts = [i for i in report["items"] if i["action"] == "conflict"]
-        assert {i["group_name"] for i in conflicts} >= {"a/b", "a b"}  # both slug to a-b
+        assert {i["group_name"] for i in conflicts} == {"twin"}
+        moved = {i["group_name"]: i for i in report["items"] if i["group_name"] in ("a/b", "a b")}
+        for item in moved.values():  # both slug to a-b
+            assert item["path"] == f"zpa/CONNECTOR_GRP/a-b-{item['group_id']}"
         listing = vault.api("LIST", f"{vault.mount}/metadata/zpa/CONNECTOR_GRP").json()
         written = set(listing["data"]["keys"])
         assert "a-b" not in written
+        assert "twin" not in written
         assert len(written) == sum(1 for i in report["items"] if i["action"] == "create")
         assert result.returncode == 1  # conflicts are reported as failures
         recorder.trial("bad input", "hostile group names (15, end to end)", survived=True)

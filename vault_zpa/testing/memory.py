@@ -4,7 +4,7 @@ delete). The same contract suite runs against it and against real OpenBao."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -54,20 +54,33 @@ class MemoryKvStore:
             )
 
     def write(
-        self, path: str, data: Mapping[str, str], *, cas: int, custom_metadata: Mapping[str, str]
+        self,
+        path: str,
+        data: Mapping[str, str],
+        *,
+        cas: int,
+        custom_metadata: Mapping[str, str],
+        remove: Collection[str] = (),
     ) -> int:
         with self._lock:
             entry = self._entries.setdefault(path, _Entry())
             if len(entry.versions) != cas:
                 raise CasConflict(path=path, expected_version=cas)
             entry.versions.append(dict(data))
-            entry.custom_metadata = dict(custom_metadata)
             self.writes += 1
-            return len(entry.versions)
+            version = len(entry.versions)
+        self.write_metadata(path, custom_metadata, remove=remove)
+        return version
 
-    def write_metadata(self, path: str, custom_metadata: Mapping[str, str]) -> None:
+    def write_metadata(
+        self, path: str, custom_metadata: Mapping[str, str], *, remove: Collection[str] = ()
+    ) -> None:
+        """A merge, as Vault's PATCH of metadata: keys not named are kept."""
         with self._lock:
-            self._entries.setdefault(path, _Entry()).custom_metadata = dict(custom_metadata)
+            entry = self._entries.setdefault(path, _Entry())
+            for key in remove:
+                entry.custom_metadata.pop(key, None)
+            entry.custom_metadata.update(custom_metadata)
             self.metadata_writes += 1
 
     def soft_delete(self, path: str) -> None:

@@ -20,6 +20,7 @@ import base64
 import json
 import math
 import random
+import re
 import secrets
 import threading
 import time
@@ -61,6 +62,14 @@ class Faults:
     only_association_type: str = ""  # restrict the faults above to this type's key endpoints
     only_method: str = ""  # restrict the faults above to this HTTP method (e.g. POST)
     unauthorized_next: int = 0  # the next N API requests answer 401 (as if the token expired)
+    # Aimed at provisioning keys (`only_association_type` narrows them to one type):
+    drop_after_create_next: int = 0  # the next N creates happen, then the connection closes
+    swap_page1_next: int = 0  # after page 1 of the next N multi-page listings: one of its keys
+    #                           is deleted and one added to that key's group (same total)
+    empty_listing_next: int = 0  # the next N listings answer 200 with the body `{}`
+    listing_omit: str = ""  # comma-separated envelope fields left out of listings
+    listing_total_pages: str = ""  # listings announce this totalPages (e.g. "1000000")
+    search_strips_unsafe: bool = False  # search values lose characters outside [A-Za-z0-9 _/.-]
 
 
 @dataclass
@@ -99,6 +108,7 @@ class ZpaSimulator:
         window: float = 10.0,
         token_lifetime: int = 3600,
         max_usage: int = 10,
+        max_page_size: int = 500,
         faults: Faults | None = None,
     ) -> None:
         rng = random.Random(seed)
@@ -113,6 +123,7 @@ class ZpaSimulator:
         self.limits = {"GET": get_limit, "WRITE": write_limit}
         self.window = window
         self.token_lifetime = token_lifetime
+        self.max_page_size = max_page_size  # ZPA's is 500; lower it to page small data sets
         self.faults = faults or Faults()
         self.stats = SimulatorStats()
         self.assertions: list[dict[str, Any]] = []  # verified client-assertion claims, for tests
@@ -233,6 +244,24 @@ class ZpaSimulator:
             if tenant:
                 key["microtenantId"] = tenant
             self.keys[association_type][key_id] = key
+            return key
+
+    def patch_key(
+        self,
+        association_type: str,
+        key_id: str,
+        *,
+        values: dict[str, Any] | None = None,
+        remove: tuple[str, ...] | list[str] = (),
+    ) -> dict[str, Any]:
+        """Replace or remove raw wire fields of one stored key, odd values included (a
+        millisecond creationTime, `maxUsage: null`, no `provisioningKey`): what ZPA then
+        answers for that key in lists and gets. Raises KeyError for an unknown key."""
+        with self._lock:
+            key = self.keys[association_type][key_id]
+            key.update(values or {})
+            for name in remove:
+                key.pop(name, None)
             return key
 
     def enroll(self, association_type: str, key_id: str, count: int = 1) -> dict[str, Any]:
@@ -441,7 +470,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             try:
                 _route(self.sim, self, method, parts.path, query, raw)
-            except _Reply:
+            except (_Reply, _Drop):
                 raise
             except Exception as exc:
                 raise _Reply(500, {"id": "internal.error", "reason": type(exc).__name__}) from exc
@@ -537,7 +566,8 @@ def _route(
             _groups(sim, method, GROUP_KINDS[rest[0]], rest[1:], query, raw, tenant)
         if rest[0] == "enrollmentCert":
             if version == "v2" and len(rest) == 1 and method == "GET":
-                raise _Reply(200, _page(list(sim.certs.values()), query), {}) from None
+                certs = list(sim.certs.values())
+                raise _Reply(200, _page(certs, query, sim.max_page_size), {}) from None
             if version == "v1" and len(rest) == 2 and method == "GET":
                 cert = sim.certs.get(rest[1])
                 if cert is None:
@@ -629,15 +659,20 @@ def _oneapi_token(sim: ZpaSimulator, form: dict[str, str]) -> None:
     raise _Reply(200, {"access_token": token, "token_type": "Bearer", "expires_in": lifetime})
 
 
-def _page(items: list[dict[str, Any]], query: dict[str, str]) -> dict[str, Any]:
+def _page(
+    items: list[dict[str, Any]],
+    query: dict[str, str],
+    max_size: int = 500,
+    strip_unsafe: bool = False,
+) -> dict[str, Any]:
     try:
         page = max(1, int(query.get("page", "1")))
-        size = min(500, max(1, int(query.get("pagesize", "20"))))
+        size = min(max_size, max(1, int(query.get("pagesize", "20"))))
     except ValueError:
         raise _error(400, "bad.request", "page and pagesize must be numbers") from None
     search = query.get("search")
     if search:
-        items = _search(items, search)
+        items = _search(items, search, strip_unsafe)
     items = sorted(items, key=lambda i: int(i["id"]))
     total = len(items)
     pages = math.ceil(total / size)
@@ -645,11 +680,16 @@ def _page(items: list[dict[str, Any]], query: dict[str, str]) -> dict[str, Any]:
     return {"totalPages": str(pages), "totalCount": str(total), "list": chunk}
 
 
-def _search(items: list[dict[str, Any]], expression: str) -> list[dict[str, Any]]:
+def _search(
+    items: list[dict[str, Any]], expression: str, strip_unsafe: bool = False
+) -> list[dict[str, Any]]:
     parts = expression.split("+", 2)
     if len(parts) != 3:
         raise _error(400, "bad.request", "search must be <field>+<OP>+<value>")
     name, op, value = parts
+    if strip_unsafe:
+        # What GO does to plain values, and what zpa-api.md §12 warns the server may do.
+        value = re.sub(r"[^A-Za-z0-9 _/.-]", "", value)
     ops: dict[str, Callable[[str, str], bool]] = {
         "EQ": lambda a, b: a.lower() == b.lower(),
         "NE": lambda a, b: a.lower() != b.lower(),
@@ -686,20 +726,37 @@ def _keys(
         raise _error(400, "bad.request", f"Invalid association type {atype}")
     with sim._lock:
         store = sim.keys[atype]
+        faults = sim.faults
+        aimed = faults.only_association_type in ("", atype)
         if not rest and method == "GET":
+            if aimed and faults.empty_listing_next > 0:
+                faults.empty_listing_next -= 1
+                raise _Reply(200, {})
             items = [_key_view(sim, atype, k) for k in store.values() if _visible(k, tenant)]
-            body = _page(items, query)
-            if (
-                sim.faults.change_between_pages
-                and query.get("page", "1") == "1"
-                and int(body["totalPages"]) > 1
-            ):
+            body = _page(items, query, sim.max_page_size, faults.search_strips_unsafe)
+            first_page = query.get("page", "1") == "1" and int(body["totalPages"]) > 1
+            if faults.change_between_pages and first_page:
                 first_group = next(iter(sim.groups[atype]))
                 sim.add_key(atype, first_group, name="appeared-mid-listing")
+            if aimed and faults.swap_page1_next > 0 and first_page and body["list"]:
+                # A rotation elsewhere: one key of page 1 goes, a new one (last in id order)
+                # comes; the total stays the same, so only page 1 tells.
+                faults.swap_page1_next -= 1
+                gone = store.pop(str(body["list"][0]["id"]))
+                sim.add_key(atype, gone["zcomponentId"], name=f"{gone['name']}-replacement")
+            if aimed and faults.listing_total_pages:
+                body["totalPages"] = faults.listing_total_pages
+            if aimed and faults.listing_omit:
+                for name in faults.listing_omit.split(","):
+                    body.pop(name.strip(), None)
             raise _Reply(200, body)
         if not rest and method == "POST":
             body = _json_body(raw)
-            raise _Reply(200, _create_key(sim, atype, body, tenant))
+            created = _create_key(sim, atype, body, tenant)
+            if aimed and faults.drop_after_create_next > 0:
+                faults.drop_after_create_next -= 1
+                raise _Drop  # the key exists; its creator never hears of it
+            raise _Reply(200, created)
         if len(rest) != 1:
             raise _error(404, "resource.not.found", "No such endpoint")
         key = store.get(rest[0])
@@ -777,7 +834,8 @@ def _groups(
     with sim._lock:
         store = sim.groups[atype]
         if not rest and method == "GET":
-            raise _Reply(200, _page([g for g in store.values() if _visible(g, tenant)], query))
+            visible = [g for g in store.values() if _visible(g, tenant)]
+            raise _Reply(200, _page(visible, query, sim.max_page_size))
         if not rest and method == "POST":
             body = _json_body(raw)
             name = body.get("name")
@@ -841,6 +899,22 @@ def _admin(sim: ZpaSimulator, method: str, path: str, raw: bytes) -> None:
         except ValueError as exc:
             raise _error(409, "key.exhausted", str(exc)) from None
         raise _Reply(200, {"id": key["id"], "usageCount": key["usageCount"]})
+    if path == "/_sim/key" and method == "POST":
+        body = _json_body(raw)
+        unset = body.get("unset", [])
+        changes = body.get("set", {})
+        if not isinstance(changes, dict) or not isinstance(unset, list):
+            raise _error(400, "bad.request", "set must be an object and unset a list")
+        try:
+            key = sim.patch_key(
+                str(body.get("association_type")),
+                str(body.get("key_id")),
+                values=changes,
+                remove=[str(n) for n in unset],
+            )
+        except KeyError:
+            raise _error(404, "resource.not.found", "no such key") from None
+        raise _Reply(200, dict(key))
     if path == "/_sim/expire-tokens" and method == "POST":
         sim.expire_tokens()
         raise _Reply(204)

@@ -9,7 +9,7 @@ hint, and writes are read-compare-write (documented in the README).
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from concurrent.futures import Executor
 from typing import Any, Protocol
 
@@ -33,10 +33,21 @@ class KvStore(Protocol):
     def list_tree(self, root: str) -> list[str]: ...
 
     def write(
-        self, path: str, data: Mapping[str, str], *, cas: int, custom_metadata: Mapping[str, str]
+        self,
+        path: str,
+        data: Mapping[str, str],
+        *,
+        cas: int,
+        custom_metadata: Mapping[str, str],
+        remove: Collection[str] = (),
     ) -> int: ...
 
-    def write_metadata(self, path: str, custom_metadata: Mapping[str, str]) -> None: ...
+    def write_metadata(
+        self, path: str, custom_metadata: Mapping[str, str], *, remove: Collection[str] = ()
+    ) -> None:
+        """Merge into custom_metadata: the keys given are set, the keys in `remove` deleted,
+        every other key (another tool's, an operator's) and the secret's own settings
+        (max_versions, delete_version_after) are kept."""
 
     def soft_delete(self, path: str) -> None: ...
 
@@ -178,11 +189,17 @@ class HvacKvStore:
     # -- writes -------------------------------------------------------------------------
 
     def write(
-        self, path: str, data: Mapping[str, str], *, cas: int, custom_metadata: Mapping[str, str]
+        self,
+        path: str,
+        data: Mapping[str, str],
+        *,
+        cas: int,
+        custom_metadata: Mapping[str, str],
+        remove: Collection[str] = (),
     ) -> int:
-        """v2: POST data with options.cas, then POST metadata. Returns the new version."""
+        """v2: POST data with options.cas, then PATCH metadata. Returns the new version."""
         if self.kv_version == 1:
-            self._write_v1(path, data, custom_metadata)
+            self._write_v1(path, data, custom_metadata, remove=remove)
             return 0
 
         def put(c: hvac.Client) -> Any:
@@ -197,36 +214,61 @@ class HvacKvStore:
         except CasConflict:
             raise CasConflict(path=path, expected_version=cas) from None
         version = int((body.get("data") or {}).get("version") or 0)
-        self.write_metadata(path, custom_metadata)
+        # A new secret gets our max_versions once; afterwards it is the operator's to change.
+        self._patch_metadata(path, custom_metadata, remove, first=version == 1)
         return version
 
-    def write_metadata(self, path: str, custom_metadata: Mapping[str, str]) -> None:
-        """POST <mount>/metadata/<path>: custom_metadata and max_versions; no new version.
-        `delete_version_after` is sent as 0s on purpose (hvac always sends it)."""
+    def write_metadata(
+        self, path: str, custom_metadata: Mapping[str, str], *, remove: Collection[str] = ()
+    ) -> None:
+        """PATCH <mount>/metadata/<path> (a JSON merge patch): creates no version and leaves
+        keys we do not name, max_versions and delete_version_after as they are."""
         if self.kv_version == 1:
             current = self._read_v1(path)
             if current is not None and current.data is not None:
-                self._write_v1(path, current.data, custom_metadata)
+                merged = {**current.custom_metadata, **custom_metadata}
+                self._write_v1(path, current.data, merged, remove=remove)
             return
+        self._patch_metadata(path, custom_metadata, remove, first=False)
+
+    def _patch_metadata(
+        self,
+        path: str,
+        custom_metadata: Mapping[str, str],
+        remove: Collection[str],
+        *,
+        first: bool,
+    ) -> None:
+        patch: dict[str, Any] = {
+            "custom_metadata": {
+                **{k: None for k in remove if k not in custom_metadata},
+                **_fit_metadata(custom_metadata),
+            }
+        }
+        if first:
+            patch["max_versions"] = self.max_versions
+        url = f"/v1/{self.mount}/metadata/{path}"
 
         def meta(c: hvac.Client) -> Any:
-            return c.secrets.kv.v2.update_metadata(
-                path=path,
-                mount_point=self.mount,
-                max_versions=self.max_versions,
-                custom_metadata=_fit_metadata(custom_metadata),
-                delete_version_after="0s",
+            return c.adapter.request(
+                "PATCH",
+                url,
+                headers={"Content-Type": "application/merge-patch+json"},
+                json=patch,
             )
 
-        self.conn.call(
-            meta, path=self._full(path, "metadata"), capability="update", kind="metadata"
-        )
+        self.conn.call(meta, path=self._full(path, "metadata"), capability="patch", kind="metadata")
 
     def _write_v1(
-        self, path: str, data: Mapping[str, str], custom_metadata: Mapping[str, str]
+        self,
+        path: str,
+        data: Mapping[str, str],
+        custom_metadata: Mapping[str, str],
+        *,
+        remove: Collection[str] = (),
     ) -> None:
         body: dict[str, str] = dict(data)
-        body.update({V1_META_PREFIX + k: v for k, v in custom_metadata.items()})
+        body.update({V1_META_PREFIX + k: v for k, v in custom_metadata.items() if k not in remove})
         if self.ttl:
             body["ttl"] = self.ttl
         self.conn.call(

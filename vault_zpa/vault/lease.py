@@ -3,6 +3,9 @@
 - The lease lives at `<prefix>/_vault-zpa/leader` in the same KV v2 mount as the keys.
 - Its metadata carries `delete_version_after` = the lease period, so every version the holder
   writes is deleted by *Vault's* clock when it is not renewed in time; no replica's clock decides.
+  Vault counts it in whole seconds and reads `0s` as "never delete", so the period is rounded
+  *up* (a lease that outlives its holder's 2/3-period window by a little is safe; one that
+  never lapses means no fail-over). The configured period is at least 5 s (config.py).
 - Acquire and renew are check-and-set writes; the version a write returns is the fencing token.
   A contender may take the lease only when the current version is deleted (lapsed) or released.
 - The holder acts only while its last successful renewal is younger than 2/3 of the period
@@ -13,6 +16,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import threading
 import time
@@ -41,6 +45,8 @@ class LeaderLease:
     ) -> None:
         if store.kv_version != 2:
             raise VaultError("the leader lease needs a KV v2 mount")
+        if not (math.isfinite(period) and period > 0):
+            raise ValueError(f"lease period must be a positive number of seconds, not {period!r}")
         self.store = store
         self.path = layout.state_path(prefix, "leader")
         self.period = period
@@ -74,13 +80,15 @@ class LeaderLease:
         if self._configured:
             return
         mount = self.store.mount
+        lapse = math.ceil(self.period)  # never `0s`: Vault reads that as "never delete"
+        assert lapse > 0, f"lease period {self.period!r} s gives delete_version_after={lapse}s"
 
         def meta(c: hvac.Client) -> Any:
             return c.secrets.kv.v2.update_metadata(
                 path=self.path,
                 mount_point=mount,
                 max_versions=3,
-                delete_version_after=f"{int(self.period)}s",
+                delete_version_after=f"{lapse}s",
                 custom_metadata={"managed_by": "vault-zpa", "kind": "leader-lease"},
             )
 

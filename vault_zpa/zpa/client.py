@@ -3,6 +3,14 @@
 Every call goes through `_call`, which keeps the client-side rate limits, attaches a cached bearer
 token (re-authenticating once on a 401), retries what is safe to retry with capped exponential
 backoff and jitter inside one time budget, and translates failures into `vault_zpa.errors`.
+
+What is safe to retry: reads, PUT and DELETE (idempotent) after any transient failure; a create
+(POST) only when ZPA certainly never saw it (the connection could not be opened, 429, 401, an
+explicit concurrency refusal). After a read timeout, a dropped connection, a 5xx or an unreadable
+200 a create raises `ZpaOutcomeUnknown`: the caller finds the key by its unique name first.
+
+Listings are complete or an error (`_list_all`), and values ZPA sends that cannot be trusted make
+one key ineligible with a reason (`parse_key`), never the whole listing.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from vault_zpa.errors import (
     ZpaApiError,
     ZpaAuthError,
     ZpaError,
+    ZpaOutcomeUnknown,
     ZpaRateLimited,
     ZpaUnavailable,
 )
@@ -35,7 +44,20 @@ from vault_zpa.zpa.ratelimit import SlidingWindowLimiter
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-PAGE_SIZE = 500
+PAGE_SIZE = 500  # ZPA's maximum (zpa-api.md §1); GO always asks for it
+# ZPA's own default page size: a server that answers with fewer entries per page than this
+# while announcing several pages is not paging the way ZPA does.
+MIN_SERVER_PAGE = 20
+MAX_PAGES = 10_000  # never page further than this, whatever totalPages says
+MAX_ITEMS = 100_000  # nor hold more entries than this from one listing
+# Names are searched for by their leading run of these characters only: ZPA strips others from
+# search values (zpa-api.md §12), so the exact name is compared on our side.
+SEARCH_TOKEN = re.compile(r"[A-Za-z0-9_.-]+")
+# Epoch values above this are milliseconds (10^11 s is the year 5138); ZPA sends seconds, but a
+# millisecond value must not crash a run.
+MS_THRESHOLD = 10**11
+# Later than this is absurd (and leaves room for lease arithmetic before datetime's year 9999).
+MAX_EPOCH = 221845392000  # 9000-01-01T00:00:00Z
 # 400s that GO's client treats as "someone else is editing; try again".
 RETRYABLE_400_IDS = frozenset(
     {"db.simultaneous.request", "api.concurrent.access.error", "bad.request.concurrent"}
@@ -85,6 +107,8 @@ class ZpaClient:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
+        page_size: int = PAGE_SIZE,
+        max_items: int = MAX_ITEMS,
     ) -> None:
         self._http = http
         self._auth = auth
@@ -99,6 +123,8 @@ class ZpaClient:
         self._clock = clock
         self._sleep = sleep
         self._rng = rng or random.Random()
+        self._page_size = max(1, min(page_size, PAGE_SIZE))
+        self._max_items = max_items
         self._token: Token | None = None
         self._token_lock = threading.Lock()
         self.stats = ZpaStats()
@@ -140,17 +166,36 @@ class ZpaClient:
     def find_provisioning_key(
         self, association_type: AssociationType, name: str
     ) -> ProvisioningKey | None:
-        """GET ...provisioningKey?search=name+EQ+<name>, then an exact compare (GO does too)."""
-        raw = self._list_all(
-            f"{self._v1}/associationType/{association_type.value}/provisioningKey",
-            f"search {association_type.value} provisioning keys",
-            lambda item: parse_key(item, association_type),
-            search=f"name+EQ+{name}",
-        )
-        for key in raw:
-            if key.name == name:
-                return key
-        return None
+        """GET ...provisioningKey?search=..., every page, then an exact compare of the name.
+
+        Only a search value made of `[A-Za-z0-9_.-]` is sent (ZPA strips other characters,
+        zpa-api.md §12): `name+EQ+<name>` when the whole name is such a token, else
+        `name+STARTSWITH+<its leading token>`, else (a name starting with anything else) the
+        whole listing. If ZPA refuses the STARTSWITH search (400), the whole listing is read.
+        The match is exact and case-sensitive; of several keys with that very name (only a
+        lost create response can make them) the oldest, lowest id, is returned."""
+        url = f"{self._v1}/associationType/{association_type.value}/provisioningKey"
+        what = f"search {association_type.value} provisioning keys"
+        token = SEARCH_TOKEN.match(name)
+        params: dict[str, str] = {}
+        if token is not None and token.group() == name:
+            params["search"] = f"name+EQ+{name}"
+        elif token is not None:
+            params["search"] = f"name+STARTSWITH+{token.group()}"
+        exact: list[ProvisioningKey] = []
+
+        def keep(raw: dict[str, Any]) -> None:
+            if raw.get("name") == name:
+                exact.append(parse_key(raw, association_type))
+
+        try:
+            self._list_all(url, what, keep, **params)
+        except ZpaApiError as exc:
+            if exc.status != 400 or "STARTSWITH" not in params.get("search", ""):
+                raise
+            exact.clear()
+            self._list_all(url, f"list {association_type.value} provisioning keys", keep)
+        return min(exact, key=lambda k: _id_order(k.id), default=None)
 
     def create_provisioning_key(
         self,
@@ -172,17 +217,23 @@ class ZpaClient:
         }
         if self.microtenant_id:
             body["microtenantId"] = self.microtenant_id
+        what = f"create {association_type.value} provisioning key {name!r}"
+        # Never retried once ZPA may have seen it: a second POST would make a second key.
         created = self._json(
             "POST",
             f"{self._v1}/associationType/{association_type.value}/provisioningKey",
-            f"create {association_type.value} provisioning key",
+            what,
             json_body=body,
+            idempotent=False,
         )
         # The create response lacks zcomponentName/enrollmentCertName (zpa-api.md §2): re-GET.
-        key_id = str(created.get("id", ""))
-        if not key_id:
-            raise ZpaError("ZPA created a provisioning key but returned no id")
-        return self.get_provisioning_key(association_type, key_id)
+        key_id = created.get("id")
+        if not isinstance(key_id, str | int) or isinstance(key_id, bool) or str(key_id) == "":
+            raise ZpaOutcomeUnknown(
+                f"ZPA {what}: answered 200 without the new key's id",
+                hint="look the key up by its name before creating it again",
+            )
+        return self.get_provisioning_key(association_type, str(key_id))
 
     def update_provisioning_key(
         self, association_type: AssociationType, key_id: str, changes: Mapping[str, Any]
@@ -238,40 +289,75 @@ class ZpaClient:
     def _list_all(
         self, url: str, what: str, convert: Callable[[dict[str, Any]], T], **params: str
     ) -> list[T]:
-        first = self._json(
-            "GET",
-            url,
-            f"{what} (page 1)",
-            params={**params, "page": "1", "pagesize": str(PAGE_SIZE)},
-        )
-        pages, total = _envelope(first, what)
-        items: list[T] = []
-        ids: list[str] = []
+        """Every page of one listing, or an error: never a shorter list taken as complete.
 
-        def take(body: Mapping[str, Any]) -> None:
-            for raw in _items(body, what):
-                ids.append(str(raw.get("id")))
+        - Every page must be a list envelope with `totalPages` and `list` (zpa-api.md §2).
+          `totalCount` is checked when present; an *empty* listing must say `totalCount: 0`
+          (a `{}` or a bare `{"totalPages": "1", "list": []}` is not taken as "no keys").
+          The one other empty form accepted is GO's tolerated `{"totalPages": "0",
+          "totalCount": "0"}` without `list`.
+        - Bounds: at most MAX_PAGES pages and `max_items` entries; totalPages must be what
+          totalCount and page 1's size imply; every page but the last is full, none larger
+          than page 1.
+        - Every page repeats page 1's totalPages and totalCount; for a listing of several
+          pages, page 1 is read again after the last one, and the listing is complete only
+          if it still holds the same ids with the same totals (a key deleted and another
+          added while we paged leaves the total unchanged but shifts the pages).
+        A single page is one answer, so it needs no second read.
+        """
+        size = self._page_size
+
+        def fetch(page: int) -> tuple[int, int | None, list[dict[str, Any]]]:
+            body = self._json(
+                "GET",
+                url,
+                f"{what} (page {page})",
+                params={**params, "page": str(page), "pagesize": str(size)},
+            )
+            return _envelope(body, what)
+
+        pages, total, first = fetch(1)
+        per_page = _check_shape(pages, total, len(first), size, self._max_items, what)
+        first_ids = {str(raw.get("id")) for raw in first}
+        items: list[T] = []
+        seen: set[str] = set()
+
+        def take(chunk: list[dict[str, Any]]) -> None:
+            if len(items) + len(chunk) > self._max_items:
+                raise ListingInconsistent(
+                    f"{what}: more than {self._max_items} entries; not reading further"
+                )
+            for raw in chunk:
+                seen.add(str(raw.get("id")))
                 items.append(convert(raw))
 
         take(first)
         del first
         for page in range(2, pages + 1):
-            body = self._json(
-                "GET",
-                url,
-                f"{what} (page {page})",
-                params={**params, "page": str(page), "pagesize": str(PAGE_SIZE)},
-            )
-            p, t = _envelope(body, what)
+            p, t, chunk = fetch(page)
             if p != pages or t != total:
                 raise ListingInconsistent(
                     f"{what}: the listing changed while it was read (page {page} says "
-                    f"{p} pages/{t} keys, page 1 said {pages}/{total}); not trusting it this run"
+                    f"{p} pages/{t} entries, page 1 said {pages}/{total}); "
+                    "not trusting it this run"
                 )
-            take(body)
-        if (total is not None and len(items) != total) or len(set(ids)) != len(ids):
+            if len(chunk) > per_page or (page < pages and len(chunk) != per_page) or not chunk:
+                raise ListingInconsistent(
+                    f"{what}: page {page} of {pages} holds {len(chunk)} entries where page 1 "
+                    f"held {per_page}; not trusting it this run"
+                )
+            take(chunk)
+        if pages > 1:
+            p, t, again = fetch(1)
+            if p != pages or t != total or {str(raw.get("id")) for raw in again} != first_ids:
+                raise ListingInconsistent(
+                    f"{what}: page 1 changed while the listing was read (keys deleted or "
+                    "added meanwhile); not trusting it this run"
+                )
+            del again
+        if (total is not None and len(items) != total) or len(seen) != len(items):
             raise ListingInconsistent(
-                f"{what}: got {len(items)} entries ({len(set(ids))} distinct) but ZPA reported "
+                f"{what}: got {len(items)} entries ({len(seen)} distinct) but ZPA reported "
                 f"{total}; not trusting it this run"
             )
         return items
@@ -284,8 +370,17 @@ class ZpaClient:
         *,
         params: Mapping[str, str] | None = None,
         json_body: Any = None,
+        idempotent: bool = True,
     ) -> dict[str, Any]:
-        response = self._call(method, url, what, params=params, json_body=json_body, want_json=True)
+        response = self._call(
+            method,
+            url,
+            what,
+            params=params,
+            json_body=json_body,
+            want_json=True,
+            idempotent=idempotent,
+        )
         body = response.json()
         if not isinstance(body, dict):
             raise ZpaError(f"ZPA {what}: expected a JSON object, got {type(body).__name__}")
@@ -300,7 +395,10 @@ class ZpaClient:
         params: Mapping[str, str] | None = None,
         json_body: Any = None,
         want_json: bool = False,
+        idempotent: bool = True,
     ) -> httpx.Response:
+        """One logical call with retries. With `idempotent=False` (a create) nothing is resent
+        once ZPA may have received it: that ends in ZpaOutcomeUnknown instead."""
         policy = self._retry
         if self.microtenant_id:
             params = {**(params or {}), "microtenantId": self.microtenant_id}
@@ -325,6 +423,12 @@ class ZpaClient:
                 response = self._http.send(request)
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 self.stats.requests[(method, endpoint, "error")] += 1
+                if not idempotent and not _never_sent(exc):
+                    raise ZpaOutcomeUnknown(
+                        f"ZPA {what}: {type(exc).__name__} after the request was sent to "
+                        f"{_host(url)}; ZPA may or may not have carried it out",
+                        hint="look it up by its name before creating it again",
+                    ) from None
                 failure: Exception = ZpaUnavailable(
                     f"ZPA {what}: {type(exc).__name__} talking to {_host(url)}",
                     hint="check network access to the ZPA API",
@@ -336,6 +440,12 @@ class ZpaClient:
                 if status < 300:
                     if not want_json or _json_ok(response):
                         return response
+                    if not idempotent:
+                        raise ZpaOutcomeUnknown(
+                            f"ZPA {what}: answered HTTP {status} with malformed JSON; it was "
+                            "probably carried out, but what it made is unknown",
+                            hint="look it up by its name before creating it again",
+                        )
                     failure = ZpaError(f"ZPA {what}: malformed JSON in the response")
                     wait = self._backoff(attempt)
                 elif status == 401 and not reauthed:
@@ -366,11 +476,21 @@ class ZpaClient:
                         wait = retry_after if retry_after is not None else self._backoff(attempt)
                         wait += self._rng.uniform(0.1, 1.0)
                         limiter.penalise(wait)
+                    elif not idempotent and (status >= 500 or status == 408):
+                        # The server may have done it before failing: never resend a create.
+                        raise ZpaOutcomeUnknown(
+                            f"ZPA {what}: HTTP {status}"
+                            + (f" {zid}" if zid else "")
+                            + "; ZPA may or may not have carried it out",
+                            hint="look it up by its name before creating it again",
+                        )
                     elif (
                         status >= 500
                         or status in (408, 409, 412)
                         or (status == 400 and zid in RETRYABLE_400_IDS)
                     ):
+                        # 409/412 and the concurrency 400s are refusals: nothing was done, so
+                        # even a create may be sent again.
                         wait = self._backoff(attempt)
                     else:
                         raise failure
@@ -435,35 +555,70 @@ class ZpaClient:
 
 
 def parse_key(raw: Mapping[str, Any], association_type: AssociationType) -> ProvisioningKey:
-    """Wire object -> ProvisioningKey; numbers arrive as strings. Raises ZpaError on bad shape."""
-    try:
-        key = raw["provisioningKey"]
-        key_id = _text(raw, "id")
-        if not isinstance(key, str) or not key.strip():
-            raise ValueError("provisioningKey is empty")
-        microtenant = raw.get("microtenantId")
-        return ProvisioningKey(
-            id=key_id,
-            name=_text(raw, "name"),
-            association_type=association_type,
-            key=Secret(key),
-            group_id=_text(raw, "zcomponentId"),
-            group_name=interned(str(raw.get("zcomponentName") or "")),
-            enrollment_cert_id=interned(str(raw.get("enrollmentCertId") or "")),
-            enrollment_cert_name=interned(str(raw.get("enrollmentCertName") or "")),
-            max_usage=_int(raw, "maxUsage"),
-            usage_count=_int(raw, "usageCount", default=0),
-            enabled=_bool(raw.get("enabled", True)),
-            creation_time=_int(raw, "creationTime", default=0),
-            modified_time=_int(raw, "modifiedTime", default=0),
-            microtenant_id=str(microtenant) if microtenant not in (None, "", "0") else None,
+    """Wire object -> ProvisioningKey; numbers arrive as strings.
+
+    Raises ZpaError only when the object cannot be placed at all (not an object, no `id`, no
+    `zcomponentId`): dropping such a key could make its group look deleted, so its listing
+    fails instead. Any other value that cannot be trusted makes this one key ineligible, with
+    the reason in `problem`: `maxUsage`/`usageCount`/`creationTime` missing, null or not a
+    number; a timestamp negative or past the year 9000; `provisioningKey` missing or empty
+    (ZPA hides the value of keys created `exportable: false`, zpa-api.md §12); `name` or
+    `enabled` unreadable. Timestamps above 10^11 are read as milliseconds (ZPA sends seconds).
+    """
+    if not isinstance(raw, Mapping):
+        raise ZpaError(
+            f"ZPA returned a {association_type.value} provisioning key that is not an object"
         )
-    except (KeyError, ValueError, TypeError) as exc:
-        ident = raw.get("id") if isinstance(raw, Mapping) else None
+    try:
+        key_id = _text(raw, "id")
+        group_id = _text(raw, "zcomponentId")
+    except (KeyError, ValueError) as exc:
         raise ZpaError(
             f"ZPA returned a malformed {association_type.value} provisioning key "
-            f"(id {ident!r}): {_describe(exc)}"
+            f"(id {str(raw.get('id'))[:40]!r}): {_describe(exc)}"
         ) from None
+    problems: list[str] = []
+
+    def read(parse: Callable[[], T], fallback: T) -> T:
+        try:
+            return parse()
+        except (KeyError, ValueError, TypeError) as exc:
+            problems.append(_describe(exc))
+            return fallback
+
+    value = raw.get("provisioningKey")
+    if not isinstance(value, str) or not value.strip():
+        hidden = raw.get("exportable") is False
+        problems.append(
+            "its value is hidden (created with exportable: false)"
+            if hidden
+            else "no provisioningKey value"
+        )
+        value = ""
+    name = read(lambda: _text(raw, "name"), "")
+    max_usage = read(lambda: _int(raw, "maxUsage"), 0)
+    usage_count = read(lambda: _int(raw, "usageCount"), 0)
+    enabled = read(lambda: _bool(raw.get("enabled", True)), False)
+    created = read(lambda: _epoch(raw, "creationTime"), 0)
+    modified = read(lambda: _epoch(raw, "modifiedTime", default=created), created)
+    microtenant = raw.get("microtenantId")
+    return ProvisioningKey(
+        id=key_id,
+        name=name,
+        association_type=association_type,
+        key=Secret(value),
+        group_id=group_id,
+        group_name=interned(str(raw.get("zcomponentName") or "")),
+        enrollment_cert_id=interned(str(raw.get("enrollmentCertId") or "")),
+        enrollment_cert_name=interned(str(raw.get("enrollmentCertName") or "")),
+        max_usage=max_usage,
+        usage_count=usage_count,
+        enabled=enabled,
+        creation_time=created,
+        modified_time=modified,
+        microtenant_id=str(microtenant) if microtenant not in (None, "", "0", 0) else None,
+        problem="; ".join(problems) if problems else None,
+    )
 
 
 def _as_is(raw: dict[str, Any]) -> dict[str, Any]:
@@ -493,15 +648,36 @@ def _text(raw: Mapping[str, Any], name: str) -> str:
 
 def _int(raw: Mapping[str, Any], name: str, default: int | None = None) -> int:
     value = raw.get(name, default)
-    if value is None or isinstance(value, bool):
-        raise ValueError(f"field {name!r} must be a number")
-    try:
-        number = int(str(value).strip())
-    except ValueError:
-        raise ValueError(f"field {name!r} must be a number, got {str(value)[:40]!r}") from None
-    if number < 0:
-        raise ValueError(f"field {name!r} must not be negative")
+    if name not in raw and default is None:
+        raise ValueError(f"{name} is missing")
+    if value is None or isinstance(value, bool | float | list | dict):
+        raise ValueError(f"{name} is {_shown(value)}, not a number")
+    text = str(value).strip()
+    if not text.isascii() or not text.isdigit() or len(text) > 18:
+        raise ValueError(f"{name} is {_shown(value)}, not a whole number ≥ 0")
+    return int(text)
+
+
+def _epoch(raw: Mapping[str, Any], name: str, default: int | None = None) -> int:
+    """Epoch seconds; a value above 10^11 is taken as milliseconds."""
+    value = raw.get(name)
+    if value is None and default is not None and name not in raw:
+        return default
+    text = str(value).strip() if isinstance(value, str | int) else ""
+    if text.startswith("-") and text[1:].isdigit():
+        raise ValueError(f"{name} {text[:24]} is negative")
+    number = _int(raw, name)
+    if number > MS_THRESHOLD:
+        number //= 1000
+    if number > MAX_EPOCH:
+        raise ValueError(f"{name} {str(value)[:24]} is past the year 9000")
     return number
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "null"
+    return repr(value)[:40]
 
 
 def _bool(value: Any) -> bool:
@@ -512,22 +688,74 @@ def _bool(value: Any) -> bool:
     raise ValueError(f"field 'enabled' must be a boolean, got {str(value)[:20]!r}")
 
 
-def _envelope(body: Mapping[str, Any], what: str) -> tuple[int, int | None]:
-    try:
-        pages = int(str(body.get("totalPages", "0")))
-        total = body.get("totalCount")
-        return max(pages, 1), (int(str(total)) if total is not None else None)
-    except ValueError:
-        raise ZpaError(
-            f"ZPA {what}: unreadable totalPages/totalCount in the list envelope"
-        ) from None
-
-
-def _items(body: Mapping[str, Any], what: str) -> list[dict[str, Any]]:
-    items = body.get("list", [])
+def _envelope(body: Mapping[str, Any], what: str) -> tuple[int, int | None, list[dict[str, Any]]]:
+    """(totalPages, totalCount or None, list) of one list envelope (zpa-api.md §2)."""
+    if "totalPages" not in body:
+        fields = ", ".join(sorted(str(k) for k in body)[:6]) or "none"
+        raise ListingInconsistent(
+            f"ZPA {what}: the answer is not a list envelope (no totalPages; fields: {fields}); "
+            "not taken as an empty listing"
+        )
+    pages = _count(body["totalPages"], "totalPages", what)
+    count = body.get("totalCount")
+    total = None if count is None else _count(count, "totalCount", what)
+    if "list" not in body:
+        if pages == 0 and total == 0:
+            return 0, 0, []  # GO's tolerated empty form: emptiness stated twice
+        raise ListingInconsistent(
+            f"ZPA {what}: the list envelope has no 'list' (totalPages {pages}, totalCount "
+            f"{total}); not taken as an empty listing"
+        )
+    items = body["list"]
     if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
         raise ZpaError(f"ZPA {what}: 'list' is not a list of objects")
-    return items
+    return pages, total, items
+
+
+def _count(value: Any, name: str, what: str) -> int:
+    text = "" if isinstance(value, bool) or not isinstance(value, str | int) else str(value).strip()
+    if not text.isascii() or not text.isdigit() or len(text) > 12:
+        raise ListingInconsistent(
+            f"ZPA {what}: {name} {str(value)[:24]!r} in the list envelope is not a count"
+        )
+    return int(text)
+
+
+def _check_shape(
+    pages: int, total: int | None, first: int, size: int, max_items: int, what: str
+) -> int:
+    """Page 1's envelope against the bounds; returns the entries per page ZPA is using."""
+
+    def bad(reason: str) -> ListingInconsistent:
+        return ListingInconsistent(f"ZPA {what}: {reason}; not trusting it this run")
+
+    if pages > MAX_PAGES:
+        raise bad(f"totalPages {pages} is over the limit of {MAX_PAGES}")
+    if total is not None and total > max_items:
+        raise bad(f"totalCount {total} is over the limit of {max_items}")
+    if first > size:
+        raise bad(f"page 1 holds {first} entries, more than the {size} asked for")
+    if pages <= 1:
+        if first == 0 and total != 0:
+            raise bad(f"an empty answer that does not say totalCount 0 (totalPages {pages})")
+        if pages == 0 and first:
+            raise bad(f"totalPages 0 with {first} entries on page 1")
+        return max(first, 1)
+    if first < min(size, MIN_SERVER_PAGE):
+        raise bad(f"{pages} pages announced, but page 1 holds only {first} entries")
+    implied = -(-total // first) if total is not None else -(-max_items // first)
+    if (total is not None and pages != implied) or pages > implied:
+        raise bad(f"totalPages {pages} does not fit totalCount {total} at {first} entries per page")
+    return first
+
+
+def _never_sent(exc: Exception) -> bool:
+    """Transport failures that prove the request never left: no connection was made."""
+    return isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+
+
+def _id_order(key_id: str) -> tuple[int, int, str]:
+    return (1, int(key_id), "") if key_id.isdigit() else (0, 0, key_id)
 
 
 def _error_body(response: httpx.Response) -> tuple[str | None, str | None]:
