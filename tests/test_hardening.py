@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import socket
 import stat
@@ -125,6 +126,10 @@ def test_non_ascii_collisions_resolve_by_group_id_and_true_conflicts_stay(
     right = _fetch(env, out, "--group", "東京-1", "--group-id", tokyo_id)
     assert right.returncode == 0, right.stderr
     assert out.read_text() == tokyo_key + "\n"
+    rendered = run_cli("policy", "render", "--all-groups", "--association-type", CG, env=env)
+    assert rendered.returncode == 0, rendered.stderr
+    granted = set(re.findall(rf'path "{vault.mount}/data/zpa/{CG}/([^"]+)"', rendered.stdout))
+    assert granted == {f"1-{tokyo_id}", f"1-{osaka_id}", "1"}  # exactly sync's paths; no "dup"
 
 
 names = st.one_of(

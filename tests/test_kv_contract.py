@@ -138,3 +138,24 @@ def test_operator_settings_survive_our_writes(vault: Vault) -> None:
         assert len(meta["versions"]) == 8  # type: ignore[arg-type]
     finally:
         store.close()
+
+
+def test_a_policy_without_patch_still_merges_metadata(vault: Vault) -> None:
+    """A token whose policy predates `patch` (create/read/update/list) falls back to
+    read-merge-write: other keys and the operator's max_versions still survive."""
+    policy = f'path "{vault.mount}/*" {{ capabilities = ["create","read","update","list"] }}'
+    vault.api("PUT", "sys/policies/acl/no-patch", json={"policy": policy}).raise_for_status()
+    token = vault.api(
+        "POST", "auth/token/create", json={"policies": ["no-patch"], "ttl": "10m"}
+    ).json()["auth"]["client_token"]
+    conn = VaultConnection(addr=vault.server.addr, auth=TokenAuth(Secret(token)))
+    store = HvacKvStore(conn, mount=vault.mount, max_versions=5)
+    try:
+        store.write("zpa/T/a", DATA, cas=0, custom_metadata={**META, "owner_team": "netops"})
+        vault.bao("kv", "metadata", "put", "-max-versions=50", f"{vault.mount}/zpa/T/a")
+        store.write_metadata("zpa/T/a", {"usage_count": "3"}, remove=("managed_by",))
+        meta = vault.metadata("zpa/T/a")
+        assert meta["max_versions"] == 50
+        assert meta["custom_metadata"] == {"usage_count": "3", "owner_team": "netops"}
+    finally:
+        store.close()

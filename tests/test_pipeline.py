@@ -28,8 +28,9 @@ def test_cold_sync_reads_each_path_once_and_writes_nothing(wired: Wired) -> None
     report = run_once(source=wired.zpa, store=wired.store, options=wired.options())
     assert {r.item.action for r in report.results} == {Action.UNCHANGED}
     assert vault_calls(wired, "read") == 5  # 3 connector groups + 2 service edge groups
-    assert vault_calls(wired, "list") == 2  # one folder per association type
-    assert wired.store.conn.total_requests() == 7  # and no writes
+    # One folder per association type, and the rotation journals' folder (empty: 404).
+    assert vault_calls(wired, "list") == 3
+    assert wired.store.conn.total_requests() == 8  # and no writes
 
 
 class GatedSource:

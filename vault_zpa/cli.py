@@ -455,7 +455,12 @@ def rotate(
             click.echo(f"not found: no group named {name!r} with a key in Vault")
         if not results and not missing:
             click.echo("rotate: nothing is due")
-    failed = any(r.error for r in results) or bool(missing) or bool(snap.errors)
+    # A rotation that needs a person is not "all done" either.
+    failed = (
+        any(r.error or r.decision.action == "blocked" for r in results)
+        or bool(missing)
+        or bool(snap.errors)
+    )
     ctx.exit(1 if failed else 0)
 
 

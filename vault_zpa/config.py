@@ -28,7 +28,7 @@ from vault_zpa.errors import ConfigError
 from vault_zpa.masking import REDACTOR, Secret
 from vault_zpa.model import AssociationType
 from vault_zpa.reconcile import TypeRule
-from vault_zpa.rotation import RotationPolicy, RotationSettings, parse_policy
+from vault_zpa.rotation import RotationPolicy, RotationSettings, check_compatible, parse_policy
 
 # ---- value parsers ------------------------------------------------------------------------
 
@@ -448,6 +448,9 @@ def load(
         sources[option.name] = where
     vault = _vault_settings(values, sources)
     rules = _rules(values, type_sections, path)
+    rotation = _rotation(values, type_sections, path)
+    # Rotated keys the key_name_pattern would not select make a create/delete loop: refuse.
+    check_compatible(rules, rotation)
     return Settings(
         values=values,
         sources=sources,
@@ -456,7 +459,7 @@ def load(
         rules=rules,
         log_level=values["log.level"],
         log_format=values["log.format"],
-        rotation=_rotation(values, type_sections, path),
+        rotation=rotation,
     )
 
 

@@ -74,7 +74,7 @@ LEGACY_KEYS = (
 )
 # Fault-injection boundaries for the crash tests (SIGKILL right after the step is journaled).
 STEPS = ("intent", "created", "written", "old_removed")
-MAX_GRACE = 365 * 86400.0  # a grace longer than a year is a typo, not a policy
+MAX_GRACE = 365 * 86400.0  # as config.MAX_GRACE (config imports this module, not the reverse)
 RETIRED_KEPT = 5  # retired key ids remembered per group, so a sync never writes them back
 
 
@@ -145,13 +145,10 @@ def parse_policy(
                 continue
             if key == "enabled":
                 changes[key] = parse_bool(value)
-            elif key in ("after", "grace", "backoff"):
-                seconds = parse_duration(value)
-                if not math.isfinite(seconds) or not 0 <= seconds <= 10 * MAX_GRACE:
-                    raise ValueError("must be a finite duration of at most 10 years")
-                if key == "grace" and seconds > MAX_GRACE:
-                    raise ValueError("must be at most 365d")
-                changes[key] = seconds
+            elif key in ("after", "backoff"):
+                changes[key] = parse_duration(value)
+            elif key == "grace":
+                changes[key] = parse_duration(value, maximum=MAX_GRACE, allow_zero=True)
             elif key == "at_usage_ratio":
                 ratio = float(value)
                 if isinstance(value, bool) or not 0 < ratio <= 1:
@@ -586,6 +583,7 @@ class Rotator:
             self._boundary("intent")
         if journal.state is State.INTENT:
             key = self._find(atype, journal.new_name, data["group_id"], journal.old_id)
+            made = key is None
             if key is None:
                 key = self.zpa.create_provisioning_key(
                     atype,
@@ -595,7 +593,12 @@ class Rotator:
                     max_usage=int(data["max_usage"]),
                 )
                 log.info("rotation: created key %s for %s", key.id, path)
-            journal = self._journal(path, journal, state=State.CREATED, new_id=key.id)
+            try:
+                journal = self._journal(path, journal, state=State.CREATED, new_id=key.id)
+            except Superseded:
+                if made:
+                    self._withdraw(path, atype, key.id)
+                raise
             self._boundary("created")
         if journal.state is State.CREATED:
             self._write_new_key(path, atype, rule, journal)
@@ -671,6 +674,22 @@ class Rotator:
                 f"{path} serves the old key {journal.old_id} again; not removing it",
                 hint="find out who wrote it back; `vault-zpa rotate` for the group resumes",
             )
+
+    def _withdraw(self, path: str, atype: AssociationType, key_id: str) -> None:
+        """Two runs resumed one INTENT at once and both created a key; the journal took the
+        other's. Ours is in no journal and no secret: delete it now (I2, I3). If this fails the
+        key still carries the journaled name, so it is never lost from sight."""
+        journal = read_journal(self.store, self.prefix, None, path)
+        if journal.new_id == key_id:
+            return
+        try:
+            self.zpa.delete_provisioning_key(atype, key_id)
+            log.warning("rotation: withdrew duplicate key %s of %s (another run won)", key_id, path)
+        except ZpaApiError as exc:
+            if not _not_found(exc):
+                log.warning("rotation: could not withdraw duplicate key %s: %s", key_id, exc)
+        except VaultZpaError as exc:
+            log.warning("rotation: could not withdraw duplicate key %s: %s", key_id, exc)
 
     def _find(
         self, atype: AssociationType, name: str, group_id: str, old_id: str

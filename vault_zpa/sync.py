@@ -42,6 +42,7 @@ from vault_zpa.rotation import (
     RotationSettings,
     Rotator,
     decide,
+    read_journal,
     read_journals,
 )
 from vault_zpa.vault.kv import KvStore
@@ -329,7 +330,14 @@ def run_once(
             return [
                 ItemResult(i, Outcome.PLANNED if _needs_write(i) else Outcome.DONE) for i in items
             ]
-        return execute(store, items, guard=guard)
+        if warm is None or not warm.usable:
+            return execute(store, items, guard=guard)
+        # The warm memory's journals may predate a rotation another process started since:
+        # before changing a secret from memory, look at its journal afresh (rotation.py, I1).
+        held = _retiring(store, options.prefix, items)
+        clear = [i for i in items if id(i) not in held]
+        done = {id(r.item): r for r in execute(store, clear, guard=guard)}
+        return [done.get(id(i)) or ItemResult(i, Outcome.FAILED, error=held[id(i)]) for i in items]
 
     snap, results = _staged(
         source=source,
@@ -393,6 +401,26 @@ class WarmState:
                 old = stored[item.path]
                 stored[item.path] = StoredSecret(old.path, old.version, None, old.custom_metadata)
         self.stored, self.journals, self.usable = stored, dict(snap.journals), True
+
+
+def _retiring(store: KvStore, prefix: str, items: Sequence[PlanItem]) -> dict[int, str]:
+    """Updates that would write a key a rotation is retiring (or retired), by a fresh read of
+    each updated group's journal. Updates are rare in a warm run, so this costs little."""
+    held: dict[int, str] = {}  # by id(item): plan items hold dicts, so they do not hash
+    for item in items:
+        if item.action is not Action.UPDATE or item.key is None or store.kv_version != 2:
+            continue
+        try:
+            journal = read_journal(store, prefix, None, item.path)
+        except VaultZpaError as exc:
+            held[id(item)] = f"not written: its rotation journal could not be read ({exc})"
+            continue
+        if item.key.id in journal.excluded:
+            held[id(item)] = (
+                f"not written: key {item.key.id} is being retired by a rotation "
+                "(the next run reads Vault back and plans again)"
+            )
+    return held
 
 
 def execute(

@@ -8,6 +8,7 @@ hint, and writes are read-compare-write (documented in the README).
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Collection, Mapping
 from concurrent.futures import Executor
@@ -21,6 +22,7 @@ from vault_zpa.model import StoredSecret, interned
 from vault_zpa.vault.connection import VaultConnection
 
 V1_META_PREFIX = "_meta_"
+log = logging.getLogger(__name__)
 
 
 class KvStore(Protocol):
@@ -105,6 +107,7 @@ class HvacKvStore:
         self.kv_version = kv_version
         self.max_versions = max_versions
         self.ttl = ttl
+        self._patch_denied = False
 
     def __repr__(self) -> str:
         return f"HvacKvStore({self.conn.addr!r}, mount={self.mount!r}, v{self.kv_version})"
@@ -257,7 +260,52 @@ class HvacKvStore:
                 json=patch,
             )
 
-        self.conn.call(meta, path=self._full(path, "metadata"), capability="patch", kind="metadata")
+        if not self._patch_denied:
+            try:
+                self.conn.call(
+                    meta, path=self._full(path, "metadata"), capability="patch", kind="metadata"
+                )
+                return
+            except VaultPermissionDenied:
+                # A policy written for an earlier vault-zpa (no "patch"): read-merge-write.
+                self._patch_denied = True
+                log.warning(
+                    "this token may not patch %s; merging metadata by read and write instead "
+                    '(not atomic: add "patch" to the metadata rule of vault-zpa\'s policy)',
+                    self._full(path, "metadata"),
+                )
+        self._merge_metadata(path, patch)
+
+    def _merge_metadata(self, path: str, patch: Mapping[str, Any]) -> None:
+        """GET then POST metadata, carrying over the settings an operator may have changed."""
+        current = self.conn.call(
+            lambda c: c.secrets.kv.v2.read_secret_metadata(path=path, mount_point=self.mount),
+            path=self._full(path, "metadata"),
+            capability="read",
+            kind="metadata",
+        )
+        info = (current or {}).get("data") or {}
+        custom = dict(info.get("custom_metadata") or {})
+        for key, value in patch["custom_metadata"].items():
+            if value is None:
+                custom.pop(key, None)
+            else:
+                custom[key] = value
+        max_versions = patch.get("max_versions", info.get("max_versions", self.max_versions))
+
+        def post(c: hvac.Client) -> Any:
+            return c.secrets.kv.v2.update_metadata(
+                path=path,
+                mount_point=self.mount,
+                max_versions=max_versions,
+                custom_metadata=_fit_metadata(custom),
+                delete_version_after=info.get("delete_version_after") or "0s",
+                cas_required=info.get("cas_required"),
+            )
+
+        self.conn.call(
+            post, path=self._full(path, "metadata"), capability="update", kind="metadata"
+        )
 
     def _write_v1(
         self,

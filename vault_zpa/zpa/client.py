@@ -691,7 +691,7 @@ def _bool(value: Any) -> bool:
 def _envelope(body: Mapping[str, Any], what: str) -> tuple[int, int | None, list[dict[str, Any]]]:
     """(totalPages, totalCount or None, list) of one list envelope (zpa-api.md §2)."""
     if "totalPages" not in body:
-        fields = ", ".join(sorted(str(k) for k in body)[:6]) or "none"
+        fields = ", ".join(repr(str(k)[:20]) for k in sorted(body, key=str)[:6]) or "none"
         raise ListingInconsistent(
             f"ZPA {what}: the answer is not a list envelope (no totalPages; fields: {fields}); "
             "not taken as an empty listing"

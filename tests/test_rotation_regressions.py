@@ -1,0 +1,200 @@
+"""Issue 14's rotation findings, each replayed end to end on real OpenBao and the simulator:
+a failed write of the new key, a journal wiped by a daemon's metadata write, two rotations at
+once, a key_name_pattern the rotated keys would not match, one group's failure stopping others."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Collection, Mapping
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import ROOT, DaemonProc, Vault, clean_env, run_cli, syncs, wait_for
+from tests.test_rotation import group_keys, journal_of, policy_file
+from vault_zpa import build
+from vault_zpa.config import load
+from vault_zpa.errors import VaultUnavailable
+from vault_zpa.masking import Secret
+from vault_zpa.model import AssociationType
+from vault_zpa.rotation import RotationPolicy, Rotator
+from vault_zpa.testing.zpa_simulator import ZpaSimulator
+from vault_zpa.vault.auth import TokenAuth
+from vault_zpa.vault.connection import VaultConnection
+from vault_zpa.vault.kv import HvacKvStore
+
+CONN = AssociationType.CONNECTOR_GRP
+
+
+class FailingDataWrite(HvacKvStore):
+    """Real OpenBao, except that writes of one path's data fail as a 503 past the budget would."""
+
+    def __init__(self, *args: object, fail_path: str, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.fail_path = fail_path
+
+    def write(
+        self,
+        path: str,
+        data: Mapping[str, str],
+        *,
+        cas: int,
+        custom_metadata: Mapping[str, str],
+        remove: Collection[str] = (),
+    ) -> int:
+        if path == self.fail_path:
+            raise VaultUnavailable("Vault answered 503 past the retry budget (test)")
+        return super().write(path, data, cas=cas, custom_metadata=custom_metadata, remove=remove)
+
+
+def test_failed_write_of_the_new_key_never_removes_the_served_key(
+    sim: ZpaSimulator, vault: Vault
+) -> None:
+    """Item 1: the new key's write fails; later runs, past the grace, must not delete the key
+    Vault still serves, and once Vault works the rotation completes."""
+    env = clean_env(sim.env(), vault.env)
+    assert run_cli("sync", env=env).returncode == 0
+    group_id, group = next(iter(sim.groups["CONNECTOR_GRP"].items()))
+    [old] = group_keys(sim, group_id)
+    path = f"zpa/CONNECTOR_GRP/{group['name']}"
+    conn = VaultConnection(addr=vault.server.addr, auth=TokenAuth(Secret(vault.server.root_token)))
+    broken = FailingDataWrite(conn, mount=vault.mount, fail_path=path)
+    zpa = build.zpa_client(load(path=None, environ={**sim.env(), **vault.env}).zpa())
+    policy = RotationPolicy(enabled=True, grace=0.0)
+    try:
+        rotator = Rotator(zpa=zpa, store=broken, prefix="zpa")
+        first = rotator.run(path, policy, reason="test", requested=True)
+        assert first.error is not None
+        assert "503" in first.error
+        for _ in range(3):  # later runs, the grace long over, Vault still failing that write
+            again = rotator.run(path, policy, reason="test", requested=True)
+            assert again.error is not None
+        assert vault.kv_get(path)["data"]["data"]["key_id"] == old["id"]  # type: ignore[index]
+        assert str(old["id"]) in {str(k["id"]) for k in group_keys(sim, group_id)}
+        assert sim.accepts(vault.kv_get(path)["data"]["data"]["provisioning_key"])  # type: ignore[index]
+        assert journal_of(vault, path)["state"] == "created"  # not "written": the write failed
+        assert len(group_keys(sim, group_id)) == 2  # one new key, found again, not re-created
+        healthy = Rotator(zpa=zpa, store=HvacKvStore(conn, mount=vault.mount), prefix="zpa")
+        done = healthy.run(path, policy, reason="test", requested=True)
+        assert done.error is None, done.error
+        assert done.state is None
+        [new] = group_keys(sim, group_id)
+        assert vault.kv_get(path)["data"]["data"]["key_id"] == new["id"]  # type: ignore[index]
+    finally:
+        conn.close()
+        zpa.close()
+
+
+def test_daemon_metadata_write_cannot_wipe_an_interrupted_cli_rotation(
+    sim: ZpaSimulator,
+    vault: Vault,
+    start_daemon: Callable[..., DaemonProc],
+) -> None:
+    """Item 2a: a CLI rotation dies after creating its key; the daemon's next (warm) run writes
+    metadata for that group; resuming still finishes that rotation: the new key in Vault, the
+    old one deleted, exactly one new key."""
+    env = clean_env(sim.env(), vault.env)
+    d = start_daemon(env)
+    wait_for(lambda: syncs(d) == 1, what="first sync")
+    group_id, group = next(iter(sim.groups["CONNECTOR_GRP"].items()))
+    [old] = group_keys(sim, group_id)
+    path = f"zpa/CONNECTOR_GRP/{group['name']}"
+    args = ("rotate", "--association-type", "CONNECTOR_GRP", "--group", str(group["name"]))
+    killed = run_cli(*args, "--grace", "1s", env={**env, "VAULT_ZPA_FAULT_KILL_AT": "created"})
+    assert killed.returncode == -9
+    sim.enroll("CONNECTOR_GRP", str(old["id"]), 1)  # usage changes: the daemon writes metadata
+    httpx.post(d.url + "/v1/sync")
+    wait_for(lambda: syncs(d) == 2, what="second sync")
+    # The daemon wrote this group in between (the new key is the newest eligible one).
+    assert d.metric("vault_zpa_items_total", action="update", outcome="done") == 1
+    assert journal_of(vault, path)["state"] == "created"
+    assert d.stop() == 0
+    for _ in range(3):
+        resumed = run_cli(*args, "--grace", "1s", env=env)
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        if journal_of(vault, path)["state"] == "idle":
+            break
+        time.sleep(1.1)
+    [new] = group_keys(sim, group_id)
+    assert new["id"] != old["id"]
+    assert vault.kv_get(path)["data"]["data"]["key_id"] == new["id"]  # type: ignore[index]
+
+
+def test_two_rotations_at_once_create_one_key(sim: ZpaSimulator, vault: Vault) -> None:
+    """Item 6: two `rotate` runs for one group started together: one new key in ZPA, and it is
+    the key Vault holds and the journal names."""
+    env = clean_env(sim.env(), vault.env)
+    assert run_cli("sync", env=env).returncode == 0
+    group_id, group = next(iter(sim.groups["CONNECTOR_GRP"].items()))
+    args = [
+        sys.executable,
+        "-m",
+        "vault_zpa",
+        "rotate",
+        "--association-type",
+        "CONNECTOR_GRP",
+        "--group",
+        str(group["name"]),
+        "--grace",
+        "1h",
+    ]
+    procs = [
+        subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    path = f"zpa/CONNECTOR_GRP/{group['name']}"
+    keys = group_keys(sim, group_id)
+    assert len(keys) == 2, (keys, outputs)  # the old one (in its grace) and exactly one new
+    journal = journal_of(vault, path)
+    assert vault.kv_get(path)["data"]["data"]["key_id"] == journal["new_id"]  # type: ignore[index]
+    assert journal["new_id"] in {str(k["id"]) for k in keys}
+
+
+def test_key_name_pattern_that_rotated_keys_miss_is_refused(
+    sim: ZpaSimulator, vault: Vault, tmp_path: Path
+) -> None:
+    """Item 4: key_name_pattern '.*-key-.*' with the default name template would make a
+    create/delete loop: refused at start-up with one line, exit 2, nothing created."""
+    env = clean_env(sim.env(), vault.env, {"VAULT_ZPA_KEY_NAME_PATTERN": ".*-key-.*"})
+    config = policy_file(tmp_path, after='"30d"')
+    before = len(sim.keys["CONNECTOR_GRP"])
+    for command in (("sync",), ("rotate", "--all-due"), ("status",)):
+        result = run_cli(*command, "--config", config, env=env)
+        assert result.returncode == 2, result.stdout + result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, lines
+        assert "key_name_pattern" in lines[0]
+        assert "name_template" in lines[0]
+    assert len(sim.keys["CONNECTOR_GRP"]) == before
+
+
+def test_one_groups_broken_journal_does_not_stop_the_others(
+    sim: ZpaSimulator, vault: Vault, tmp_path: Path
+) -> None:
+    """Item 3: one group's rotation cannot run (its journal is unreadable); every other due
+    group still rotates, and the run reports the one failure (exit 1)."""
+    env = clean_env(sim.env(), vault.env)
+    config = policy_file(tmp_path, after='"30d"', grace='"1h"')
+    assert run_cli("sync", "--config", config, env=env).returncode == 0
+    groups = list(sim.groups["CONNECTOR_GRP"].items())
+    bad_name = groups[0][1]["name"]
+    vault.bao(
+        "kv",
+        "put",
+        f"{vault.mount}/zpa/_vault-zpa/rotation/CONNECTOR_GRP/{bad_name}",
+        "state=exploded",
+        "grace=1e400",
+    )
+    result = run_cli("rotate", "--all-due", "--output", "json", "--config", config, env=env)
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)
+    by_group = {r["group_name"]: r for r in report["rotations"]}
+    assert by_group[bad_name]["decision"] == "blocked"
+    assert "unreadable" in by_group[bad_name]["reason"]
+    for group_id, group in groups[1:]:
+        assert by_group[group["name"]]["error"] is None
+        assert len(group_keys(sim, group_id)) == 2  # rotated: new key made, old one in grace
