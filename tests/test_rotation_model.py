@@ -45,6 +45,7 @@ from vault_zpa.testing.memory import MemoryKvStore
 
 CONN = AssociationType.CONNECTOR_GRP
 GRACE = 60.0
+TAKEOVER = 45.0  # another process's INTENT is left alone this long
 PREFIX = "zpa"
 GROUPS = {"g1": "Group-One", "g2": "Group-Two"}
 P = ParamSpec("P")
@@ -79,6 +80,7 @@ class Faults:
     # Another process's whole run, slipped in just before this call: concurrency, one call
     # granular (the nth call of a kind runs after the other process has finished).
     interrupt: tuple[str, int, Callable[[], None]] | None = None
+    owner: str = "teardown"  # the process making these calls
 
     def next(self, kind: str, allowed: Collection[str]) -> str | None:
         n = self.seen.get(kind, 0)
@@ -99,6 +101,7 @@ class World:
     ids: Any = field(default_factory=lambda: itertools.count(100))
     created_by_us: dict[str, str] = field(default_factory=dict)  # key id -> group id
     removed_by_us: set[str] = field(default_factory=set)
+    names_created: set[str] = field(default_factory=set)
     unserved_at: dict[str, datetime] = field(default_factory=dict)
     violations: list[str] = field(default_factory=list)
     kv: MemoryKvStore = field(default_factory=MemoryKvStore)
@@ -220,6 +223,7 @@ class FakeZpa:
         fault = self._fault("zpa_create", ("fail", "lost", "crash_before", "crash_after"))
         world = self.world
         served = world.served()
+        retiring = {j.old_id for j in _journals(world).values() if j.in_flight}
         pending = [
             k
             for k, g in world.created_by_us.items()
@@ -227,9 +231,13 @@ class FakeZpa:
             and k in world.keys
             and k not in served
             and k not in world.removed_by_us
+            and k not in retiring
         ]
         if pending:
             world.violations.append(f"I3: second key for {group_id} while {pending} is pending")
+        if name in world.names_created:
+            world.violations.append(f"I3: a second key created for one rotation ({name})")
+        world.names_created.add(name)
         key_id = world.add_key(group_id, name)
         world.created_by_us[key_id] = group_id
         if fault == "lost":
@@ -372,6 +380,7 @@ class RotationModel(RuleBasedStateMachine):
         super().__init__()
         self.world = World()
         self.warm = {"A": WarmState(), "B": WarmState()}
+        self.incarnation = {"A": 0, "B": 0, "CLI": 0}
 
     @initialize()
     def seed(self) -> None:
@@ -437,6 +446,8 @@ class RotationModel(RuleBasedStateMachine):
                 now=self._now,
                 writer=self._guard(actor),
                 rules=RULES,
+                owner=faults.owner,
+                takeover=TAKEOVER,
             ),
         )
         if warm is not None and any(r.decision.action in ("start", "resume") for r in results):
@@ -451,11 +462,15 @@ class RotationModel(RuleBasedStateMachine):
     ) -> None:
         type(self).steps += 1
         type(self).faults_injected += len(plan)
+        if actor == "CLI":
+            self.incarnation[actor] += 1  # every CLI run is a process of its own
+        owner = f"{actor}-{self.incarnation[actor]}"
         try:
-            fn(Faults(plan, interrupt=interrupt))
+            fn(Faults(plan, interrupt=interrupt, owner=owner))
         except Crash:
             if actor in self.warm:
                 self.warm[actor] = WarmState()  # a restarted process remembers nothing
+            self.incarnation[actor] += 1  # ... and is another process
         except VaultZpaError:
             if actor in self.warm:
                 self.warm[actor].invalidate()
@@ -606,7 +621,11 @@ class BrokenModel(RotationModel):
 
 
 class NoWithdrawRotator(Rotator):
-    """A second bug: two runs resuming one INTENT both create a key, and the loser keeps its."""
+    """A second bug: a run resumes another's INTENT at once (no takeover wait), so two runs
+    create a key for one rotation, and the loser keeps its key."""
+
+    def _claim(self, path: str, journal: Journal) -> Journal:
+        return journal
 
     def _withdraw(self, path: str, atype: AssociationType, key_id: str) -> None:
         pass

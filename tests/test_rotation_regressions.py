@@ -12,12 +12,13 @@ from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import ROOT, DaemonProc, Vault, clean_env, run_cli, syncs, wait_for
 from tests.test_rotation import group_keys, journal_of, policy_file
 from vault_zpa import build
 from vault_zpa.config import load
-from vault_zpa.errors import VaultUnavailable
+from vault_zpa.errors import CasConflict, VaultUnavailable
 from vault_zpa.masking import Secret
 from vault_zpa.model import AssociationType
 from vault_zpa.rotation import RotationPolicy, Rotator
@@ -198,3 +199,45 @@ def test_one_groups_broken_journal_does_not_stop_the_others(
     for group_id, group in groups[1:]:
         assert by_group[group["name"]]["error"] is None
         assert len(group_keys(sim, group_id)) == 2  # rotated: new key made, old one in grace
+
+
+def test_a_deposed_leaders_late_writes_cannot_undo_a_rotation(
+    sim: ZpaSimulator, vault: Vault
+) -> None:
+    """Item 2b: writes a deposed leader prepared before a rotation began land after the new
+    leader journaled it (a metadata write from its memory, a data write, a journal write):
+    the journal survives, the stale journal write is refused, and the rotation completes."""
+    env = clean_env(sim.env(), vault.env)
+    assert run_cli("sync", env=env).returncode == 0
+    group_id, group = next(iter(sim.groups["CONNECTOR_GRP"].items()))
+    [old] = group_keys(sim, group_id)
+    path = f"zpa/CONNECTOR_GRP/{group['name']}"
+    journal_at = f"zpa/_vault-zpa/rotation/CONNECTOR_GRP/{group['name']}"
+    conn = VaultConnection(addr=vault.server.addr, auth=TokenAuth(Secret(vault.server.root_token)))
+    store = HvacKvStore(conn, mount=vault.mount)
+    try:
+        stale = store.read(path)
+        assert stale is not None
+        assert stale.data is not None
+        args = ("rotate", "--association-type", "CONNECTOR_GRP", "--group", str(group["name"]))
+        killed = run_cli(*args, "--grace", "1s", env={**env, "VAULT_ZPA_FAULT_KILL_AT": "created"})
+        assert killed.returncode == -9
+        before = journal_of(vault, path)
+        # The late writes land now.
+        store.write_metadata(path, {**stale.custom_metadata, "usage_count": "0"})
+        store.write(path, stale.data, cas=stale.version, custom_metadata=stale.custom_metadata)
+        with pytest.raises(CasConflict):
+            store.write(journal_at, {"state": "idle"}, cas=0, custom_metadata={})
+        assert journal_of(vault, path) == before
+        for _ in range(3):
+            resumed = run_cli(*args, "--grace", "1s", env=env)
+            assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+            if journal_of(vault, path)["state"] == "idle":
+                break
+            time.sleep(1.1)
+        [new] = group_keys(sim, group_id)
+        assert new["id"] != old["id"]
+        assert new["id"] == before["new_id"]
+        assert vault.kv_get(path)["data"]["data"]["key_id"] == new["id"]  # type: ignore[index]
+    finally:
+        store.close()

@@ -573,7 +573,14 @@ def _rotation(
             base, groups = _rotation_tables(str(path), atype.value, table)
             policies[atype] = base
             per_group.update(groups)
-    return RotationSettings(policies, per_group, values["sync.max_rotations_per_run"])
+    return RotationSettings(
+        policies,
+        per_group,
+        values["sync.max_rotations_per_run"],
+        # Another process's unfinished INTENT is left alone this long: its search and its
+        # create can each take the ZPA retry budget plus one attempt's timeout (Rotator).
+        takeover=2 * (values["zpa.retry_budget"] + values["zpa.timeout"]) + 5.0,
+    )
 
 
 def _rules(

@@ -42,6 +42,7 @@ import math
 import os
 import secrets
 import signal
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -76,6 +77,10 @@ LEGACY_KEYS = (
 STEPS = ("intent", "created", "written", "old_removed")
 MAX_GRACE = 365 * 86400.0  # as config.MAX_GRACE (config imports this module, not the reverse)
 RETIRED_KEPT = 5  # retired key ids remembered per group, so a sync never writes them back
+# Who is rotating: one id per process, so a daemon resumes its own rotations at once and waits
+# before taking over another process's (Rotator.takeover).
+PROCESS_OWNER = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+TAKEOVER = 335.0  # a find plus a create: 2 x (the default 120 s retry budget + 30 s timeout) + 5
 
 
 class State(enum.StrEnum):
@@ -105,6 +110,7 @@ class RotationSettings:
     policies: Mapping[AssociationType, RotationPolicy] = field(default_factory=dict)
     per_group: Mapping[tuple[AssociationType, str], RotationPolicy] = field(default_factory=dict)
     max_per_run: int = 10
+    takeover: float = TAKEOVER  # see Rotator; config sets it from the ZPA retry budget
 
     def policy(self, atype: AssociationType, group: str | None) -> RotationPolicy:
         if group is not None and (atype, group) in self.per_group:
@@ -230,6 +236,9 @@ class Journal:
     retired: tuple[str, ...] = ()
     last_rotated_at: str = ""
     writer_lease: str = ""
+    owner: str = ""  # the process that wrote this version (see Rotator.takeover)
+    updated_at: str = ""
+    attempt_open: bool = False  # INTENT: `owner` may be searching for / creating the key now
 
     @property
     def in_flight(self) -> bool:
@@ -262,6 +271,9 @@ class Journal:
             "retired": ",".join(self.retired[:RETIRED_KEPT]),
             "last_rotated_at": self.last_rotated_at,
             "writer_lease": self.writer_lease,
+            "owner": self.owner,
+            "updated_at": self.updated_at,
+            "attempt": "open" if self.attempt_open else "",
         }
 
     @classmethod
@@ -289,6 +301,9 @@ class Journal:
                 retired=tuple(i for i in (data.get("retired") or "").split(",") if i),
                 last_rotated_at=data.get("last_rotated_at", ""),
                 writer_lease=data.get("writer_lease", ""),
+                owner=data.get("owner", ""),
+                updated_at=data.get("updated_at", ""),
+                attempt_open=data.get("attempt") == "open",
             )
         except (ValueError, OverflowError) as exc:
             raise VaultZpaError(
@@ -420,6 +435,13 @@ def _parse(stamp: str) -> datetime:
         return datetime.max.replace(tzinfo=UTC)
 
 
+def _parse_or_none(stamp: str) -> datetime | None:
+    try:
+        return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
 def _stamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -478,7 +500,13 @@ def _not_found(exc: ZpaApiError) -> bool:
 class Rotator:
     """Runs one group's rotation steps. `writer` returns the fencing token (the leader lease's
     version) or None when this process must not write; `hook` is called at each step boundary
-    (tests inject crashes there); `kill_at` SIGKILLs at a boundary for the subprocess trials."""
+    (tests inject crashes there); `kill_at` SIGKILLs at a boundary for the subprocess trials.
+
+    An INTENT another process (`owner`) journaled less than `takeover` seconds ago is left to
+    it: that process may be between its search and its create, and a second create would make a
+    second key. After `takeover` this process claims the journal (a check-and-set write) and goes
+    on; should the first process wake up and create after all, its CREATED write loses and it
+    deletes its own key (`_withdraw`)."""
 
     def __init__(
         self,
@@ -491,7 +519,11 @@ class Rotator:
         writer: Callable[[], int | None] | None = None,
         rules: Mapping[AssociationType, TypeRule] | None = None,
         hook: Callable[[str], None] | None = None,
+        owner: str = PROCESS_OWNER,
+        takeover: float = TAKEOVER,
     ) -> None:
+        self.owner = owner
+        self.takeover = takeover
         self.rules = rules or {}
         self.zpa = zpa
         self.store = store
@@ -579,8 +611,11 @@ class Rotator:
                 grace_until="",
                 old_key=policy.old_key,
                 needs_human=False,
+                attempt_open=True,
             )
             self._boundary("intent")
+        elif journal.state is State.INTENT:
+            journal = self._claim(path, journal)
         if journal.state is State.INTENT:
             key = self._find(atype, journal.new_name, data["group_id"], journal.old_id)
             made = key is None
@@ -594,7 +629,9 @@ class Rotator:
                 )
                 log.info("rotation: created key %s for %s", key.id, path)
             try:
-                journal = self._journal(path, journal, state=State.CREATED, new_id=key.id)
+                journal = self._journal(
+                    path, journal, state=State.CREATED, new_id=key.id, attempt_open=False
+                )
             except Superseded:
                 if made:
                     self._withdraw(path, atype, key.id)
@@ -675,6 +712,21 @@ class Rotator:
                 hint="find out who wrote it back; `vault-zpa rotate` for the group resumes",
             )
 
+    def _claim(self, path: str, journal: Journal) -> Journal:
+        """Open a search-and-create attempt on an INTENT journaled by an earlier run: a
+        check-and-set write, so of two runs resuming at once one goes on. An attempt another
+        process opened (and has not closed by recording a failure) is left to it for
+        `takeover` seconds: it may be creating the key right now."""
+        since = _parse_or_none(journal.updated_at)
+        if journal.attempt_open and journal.owner != self.owner and since is not None:
+            until = since + timedelta(seconds=self.takeover)
+            if self.now() < until:
+                raise Superseded(
+                    f"another process ({journal.owner or 'unknown'}) began this rotation at "
+                    f"{journal.updated_at}; left to it until {_stamp(until)}, then resumed here"
+                )
+        return self._journal(path, journal, attempt_open=True)
+
     def _withdraw(self, path: str, atype: AssociationType, key_id: str) -> None:
         """Two runs resumed one INTENT at once and both created a key; the journal took the
         other's. Ours is in no journal and no secret: delete it now (I2, I3). If this fails the
@@ -732,7 +784,13 @@ class Rotator:
     def _journal(self, path: str, journal: Journal, **changes: Any) -> Journal:
         """Check-and-set the journal from the version we read to the next one."""
         fence = self._fence({})
-        new = replace(journal, writer_lease=fence, **changes)
+        new = replace(
+            journal,
+            writer_lease=fence,
+            owner=self.owner,
+            updated_at=_stamp(self.now()),
+            **changes,
+        )
         try:
             version = self.store.write(
                 journal_path(self.prefix, path),
@@ -762,6 +820,7 @@ class Rotator:
                 retry_at=_stamp(self.now() + timedelta(seconds=delay)),
                 last_error=error[:500],
                 needs_human=failures >= policy.max_failures,
+                attempt_open=False,  # this attempt is over: another run need not wait for it
             )
         except VaultZpaError as exc:
             log.warning("could not record the rotation failure of %s: %s", path, exc)

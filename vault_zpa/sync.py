@@ -521,6 +521,7 @@ def rotate_once(
         writer=guard,
         rules=rules,
         hook=hook,
+        takeover=rotation.takeover,
     )
     by_id = {(k.association_type, k.id): k for listing in listings for k in listing.keys}
     journals = journals or {}
