@@ -239,3 +239,41 @@ def test_lease_runs_from_key_creation() -> None:
     """lease_expires_at = creationTime + lease, the same on every run and replica."""
     meta = volatile_metadata(key("1", created=1767225600), TypeRule(lease_seconds=86400))
     assert meta["lease_expires_at"] == "2026-01-02T00:00:00Z"
+
+
+@pytest.mark.parametrize(
+    ("served", "excluded", "action", "chosen", "why"),
+    [
+        # The rotation's new key (2) is newest: written, whatever the journal says of key 1.
+        ("1", frozenset({"1"}), Action.UPDATE, "2", "different key"),
+        # Key 2 used up: the retiring key 1 is eligible but never written back.
+        ("2", frozenset({"1"}), Action.SKIPPED, "2", "retired or being retired"),
+        # Nothing excluded: the usual rule picks key 1 (2 is exhausted).
+        ("2", frozenset(), Action.UPDATE, "1", "different key"),
+    ],
+)
+def test_keys_a_rotation_retires_are_never_written(
+    served: str, excluded: frozenset[str], action: Action, chosen: str, why: str
+) -> None:
+    """A key a rotation journal names as retiring or retired is never chosen for any path (the
+    sync must not put back a key the rotation is about to delete)."""
+    one = key("1", created=100)
+    two = key("2", created=200, usage=10 if served == "2" else 0)
+    listing = [Listing(CG, (one, two))]
+    d = desired(listing, prefix="zpa", rules=RULES, scope=NO_SCOPE)
+    current = managed(one if served == "1" else two)
+    p = plan(
+        d,
+        listings=listing,
+        stored={PATH: current},
+        rules=RULES,
+        scope=NO_SCOPE,
+        now=NOW,
+        excluded=excluded,
+    )
+    [item] = p.items
+    assert item.action is action
+    assert why in item.reason
+    if action is Action.UPDATE:
+        assert item.key is not None
+        assert item.key.id == chosen

@@ -176,12 +176,13 @@ def plan(
     rules: Mapping[AssociationType, TypeRule],
     scope: Scope,
     now: datetime,
-    excluded: Mapping[str, frozenset[str]] | None = None,
+    excluded: frozenset[str] = frozenset(),
 ) -> Plan:
     """Decide one action per group and per orphaned path. `stored` holds whatever Vault has at
     the desired paths and, when orphans are looked for, at every managed path under the prefix.
-    `excluded` names, per path, key ids a rotation is retiring or has retired: they are never
-    written there (rotation.py explains why that keeps a served key from being deleted)."""
+    `excluded` names key ids a rotation is retiring or has retired: they are never written to
+    any path, whatever the group is called now (rotation.py explains why that keeps a served
+    key from being deleted)."""
     items: list[PlanItem] = []
     stamp = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     for group in desired_state.groups:
@@ -193,7 +194,7 @@ def plan(
                 rules.get(group.association_type, TypeRule()),
                 scope,
                 stamp,
-                (excluded or {}).get(group.path or "", frozenset()),
+                excluded,
             )
         )
     items.extend(_plan_orphans(desired_state, listings, stored, scope))

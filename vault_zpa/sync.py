@@ -203,7 +203,7 @@ def stages(
                 rules=options.rules,
                 scope=options.scope,
                 now=started,
-                excluded={p: j.excluded for p, j in journals.items() if j.excluded},
+                excluded=frozenset(i for j in journals.values() for i in j.excluded),
             )
             yield Stage(tuple(listings), plan.items)
     finally:
