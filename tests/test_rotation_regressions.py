@@ -51,6 +51,17 @@ class FailingDataWrite(HvacKvStore):
         return super().write(path, data, cas=cas, custom_metadata=custom_metadata, remove=remove)
 
 
+def resume_until_idle(args: tuple[str, ...], env: dict[str, str], vault: Vault, path: str) -> None:
+    """Run `rotate` again (grace 1 s) until the group's journal is back to idle."""
+    for _ in range(3):
+        resumed = run_cli(*args, "--grace", "1s", env=env)
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        if journal_of(vault, path)["state"] == "idle":
+            return
+        time.sleep(1.1)
+    raise AssertionError(f"{path}: rotation did not finish: {journal_of(vault, path)}")
+
+
 def test_failed_write_of_the_new_key_never_removes_the_served_key(
     sim: ZpaSimulator, vault: Vault
 ) -> None:
@@ -113,12 +124,7 @@ def test_daemon_metadata_write_cannot_wipe_an_interrupted_cli_rotation(
     assert d.metric("vault_zpa_items_total", action="update", outcome="done") == 1
     assert journal_of(vault, path)["state"] == "created"
     assert d.stop() == 0
-    for _ in range(3):
-        resumed = run_cli(*args, "--grace", "1s", env=env)
-        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-        if journal_of(vault, path)["state"] == "idle":
-            break
-        time.sleep(1.1)
+    resume_until_idle(args, env, vault, path)
     [new] = group_keys(sim, group_id)
     assert new["id"] != old["id"]
     assert vault.kv_get(path)["data"]["data"]["key_id"] == new["id"]  # type: ignore[index]
@@ -229,12 +235,7 @@ def test_a_deposed_leaders_late_writes_cannot_undo_a_rotation(
         with pytest.raises(CasConflict):
             store.write(journal_at, {"state": "idle"}, cas=0, custom_metadata={})
         assert journal_of(vault, path) == before
-        for _ in range(3):
-            resumed = run_cli(*args, "--grace", "1s", env=env)
-            assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-            if journal_of(vault, path)["state"] == "idle":
-                break
-            time.sleep(1.1)
+        resume_until_idle(args, env, vault, path)
         [new] = group_keys(sim, group_id)
         assert new["id"] != old["id"]
         assert new["id"] == before["new_id"]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import resource
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,14 +33,8 @@ from vault_zpa.zpa.client import RetryPolicy, ZpaClient, parse_key
 
 CONNECTOR = AssociationType.CONNECTOR_GRP
 EDGE = AssociationType.SERVICE_EDGE_GRP
-_OPEN: list[httpx.Client] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    yield
-    while _OPEN:
-        _OPEN.pop().close()
+# The same bookkeeping as the client tests: every httpx.Client opened here is closed after.
+from tests.test_zpa_client import _OPEN, _close_clients  # noqa: E402, F401 - autouse fixture
 
 
 def client(sim: ZpaSimulator, *, http: httpx.Client | None = None, **kw: Any) -> ZpaClient:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Protocol
 
 from vault_zpa import layout
-from vault_zpa.errors import ConfigError, VaultPermissionDenied, VaultZpaError
+from vault_zpa.errors import VaultPermissionDenied, VaultZpaError
 from vault_zpa.model import AssociationType, StoredSecret
 
 DEFAULT_PATHS = {
@@ -70,12 +70,7 @@ def candidate_paths(
 ) -> list[str]:
     """Where sync may hold this group's secret, in the order to try: the path of the name, then
     (given the id, for a name whose slug lost characters) the collision path `<slug>-<id>`."""
-    if layout.needs_group_id(group_name) and not group_id:
-        raise ConfigError(
-            f"group name {group_name!r} has no character a Vault path can use, so its secret "
-            "is stored by id (group-<group_id>)",
-            hint="pass --group-id with the group_id `vault-zpa sync --output json` reports",
-        )
+    layout.require_group_id(group_name, group_id)
     ref = layout.GroupRef(
         template, prefix, association_type.value, group_name, group_id or "", microtenant_id
     )

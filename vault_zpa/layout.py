@@ -195,3 +195,14 @@ def check_under_prefix(path: str, prefix: str) -> None:
 def state_path(prefix: str, name: str) -> str:
     """Paths of the daemon's own state (leader lease, journals) under `<prefix>/_vault-zpa/`."""
     return f"{prefix}/{STATE_DIR}/{name}"
+
+
+def require_group_id(group_name: str, group_id: str | None) -> None:
+    """fetch and policy render place a group by name; one with no usable character is stored by
+    id, so they need the id rather than guess a path that may be another group's."""
+    if needs_group_id(group_name) and not group_id:
+        raise ConfigError(
+            f"group name {group_name!r} has no character a Vault path can use, so its secret "
+            "is stored by id (group-<group_id>)",
+            hint="pass --group-id with the group_id `vault-zpa sync --output json` reports",
+        )

@@ -12,7 +12,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from vault_zpa import layout
-from vault_zpa.errors import ConfigError
 from vault_zpa.model import AssociationType, Listing
 from vault_zpa.reconcile import Scope, TypeRule, desired
 
@@ -106,12 +105,7 @@ def connector_policy(
     group is placed by its name as layout.py does when the name collides with no other. A name
     with no usable character needs `group_id`: it is refused rather than guessed."""
     if path is None:
-        if layout.needs_group_id(group_name) and not group_id:
-            raise ConfigError(
-                f"group name {group_name!r} has no character a Vault path can use, so its "
-                "secret is stored by id (group-<group_id>)",
-                hint="pass --group-id with the group_id `vault-zpa sync --output json` reports",
-            )
+        layout.require_group_id(group_name, group_id)
         path = layout.secret_path(
             template,
             prefix=prefix,
