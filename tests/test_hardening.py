@@ -123,6 +123,11 @@ def test_non_ascii_collisions_resolve_by_group_id_and_true_conflicts_stay(
     assert wrong.returncode != 0
     assert "belongs to group '1'" in wrong.stderr
     assert not out.exists()
+    mixed = _fetch(env, out, "--group", "東京-1", "--group-id", osaka_id)  # another group's id
+    assert mixed.returncode != 0
+    assert "not '東京-1'" in mixed.stderr
+    assert "name the same group" in mixed.stderr
+    assert not out.exists()
     right = _fetch(env, out, "--group", "東京-1", "--group-id", tokyo_id)
     assert right.returncode == 0, right.stderr
     assert out.read_text() == tokyo_key + "\n"

@@ -277,3 +277,42 @@ def test_keys_a_rotation_retires_are_never_written(
     if action is Action.UPDATE:
         assert item.key is not None
         assert item.key.id == chosen
+
+
+def test_the_served_key_is_kept_while_a_rotation_replaces_it() -> None:
+    """Before the rotation's new key exists, the key Vault serves stays, reported in sync (not
+    'no eligible key'): exclusion stops a key coming back, not one that never left."""
+    one = key("1")
+    listing = [Listing(CG, (one,))]
+    d = desired(listing, prefix="zpa", rules=RULES, scope=NO_SCOPE)
+    p = plan(
+        d,
+        listings=listing,
+        stored={PATH: managed(one)},
+        rules=RULES,
+        scope=NO_SCOPE,
+        now=NOW,
+        excluded=frozenset({"1"}),
+    )
+    assert [i.action for i in p.items] == [Action.UNCHANGED]
+
+
+def test_a_path_holding_another_groups_secret_is_never_handed_over() -> None:
+    """A path whose managed secret names another group id (the group was renamed, or a slug
+    collision came or went) is a conflict: its readers never get another group's key."""
+    theirs = key("7", group="g9", group_name="Group One")  # same name, another group
+    elsewhere = key("8", group="g9", group_name="Group Nine")  # g9 lives on, renamed
+    result = run([key("1"), elsewhere], {PATH: managed(theirs)})
+    action, reason = result[PATH]
+    assert action is Action.CONFLICT
+    assert "id g9" in reason
+
+
+def test_a_group_made_again_under_its_name_takes_its_path_back() -> None:
+    """The old group is gone from a complete listing (deleted and re-created in ZPA, as
+    Terraform does): its successor of the same name gets the path."""
+    old = key("7", group="g9", group_name="Group One")
+    result = run([key("1")], {PATH: managed(old)})
+    assert result[PATH][0] is Action.UPDATE
+    partial = run([key("1")], {PATH: managed(old)}, complete=False)
+    assert partial[PATH][0] is Action.CONFLICT  # a partial listing proves nothing

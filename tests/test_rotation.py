@@ -135,12 +135,16 @@ def test_decide(
     assert why in decision.reason
 
 
+def journal_path_of(vault: Vault, path: str) -> str:
+    """Where the group whose secret is at `path` keeps its journal: by type and group id."""
+    data = vault.kv_get(path)["data"]["data"]  # type: ignore[index]
+    return f"zpa/_vault-zpa/rotation/{data['association_type']}/{data['group_id']}"  # type: ignore[index]
+
+
 def journal_of(vault: Vault, path: str) -> dict[str, str]:
     """The rotation journal of a group's secret, as Vault holds it (empty: none written)."""
-    rel = path.split("/", 1)[1]
-    result = vault.bao(
-        "kv", "get", "-format=json", f"{vault.mount}/zpa/_vault-zpa/rotation/{rel}", check=False
-    )
+    where = journal_path_of(vault, path)
+    result = vault.bao("kv", "get", "-format=json", f"{vault.mount}/{where}", check=False)
     if result.returncode != 0:
         return {}
     return json.loads(result.stdout)["data"]["data"]  # type: ignore[no-any-return]

@@ -223,7 +223,9 @@ class FakeZpa:
         fault = self._fault("zpa_create", ("fail", "lost", "crash_before", "crash_after"))
         world = self.world
         served = world.served()
-        retiring = {j.old_id for j in _journals(world).values() if j.in_flight}
+        journals = _journals(world).values()
+        retiring = {j.old_id for j in journals if j.in_flight}
+        retiring |= {i for j in journals for i in j.abandoned}  # given up, left for a person
         pending = [
             k
             for k, g in world.created_by_us.items()
@@ -540,7 +542,9 @@ class RotationModel(RuleBasedStateMachine):
         assert not world.violations, world.violations
         served = world.served()
         journals = _journals(world)
-        named = {i for j in journals.values() if j.in_flight for i in (j.new_id, j.old_id)} | {
+        named = {i for j in journals.values() if j.in_flight for i in (j.new_id, j.old_id)}
+        named |= {i for j in journals.values() for i in j.abandoned}  # recorded, for a person
+        named |= {
             k
             for k, raw in world.keys.items()
             for j in journals.values()

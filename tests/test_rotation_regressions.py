@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.conftest import ROOT, DaemonProc, Vault, clean_env, run_cli, syncs, wait_for
-from tests.test_rotation import group_keys, journal_of, policy_file
+from tests.test_rotation import group_keys, journal_of, journal_path_of, policy_file
 from vault_zpa import build
 from vault_zpa.config import load
 from vault_zpa.errors import CasConflict, VaultUnavailable
@@ -189,10 +189,12 @@ def test_one_groups_broken_journal_does_not_stop_the_others(
     assert run_cli("sync", "--config", config, env=env).returncode == 0
     groups = list(sim.groups["CONNECTOR_GRP"].items())
     bad_name = groups[0][1]["name"]
+    canary = "3|canary.example|CANARY-VALUE-IN-A-JOURNAL"
     vault.bao(
         "kv",
         "put",
-        f"{vault.mount}/zpa/_vault-zpa/rotation/CONNECTOR_GRP/{bad_name}",
+        f"{vault.mount}/{journal_path_of(vault, f'zpa/CONNECTOR_GRP/{bad_name}')}",
+        f"state={canary}",
         "state=exploded",
         "grace=1e400",
     )
@@ -202,6 +204,7 @@ def test_one_groups_broken_journal_does_not_stop_the_others(
     by_group = {r["group_name"]: r for r in report["rotations"]}
     assert by_group[bad_name]["decision"] == "blocked"
     assert "unreadable" in by_group[bad_name]["reason"]
+    assert "CANARY" not in result.stdout + result.stderr  # a journal's values are never echoed
     for group_id, group in groups[1:]:
         assert by_group[group["name"]]["error"] is None
         assert len(group_keys(sim, group_id)) == 2  # rotated: new key made, old one in grace
@@ -218,7 +221,7 @@ def test_a_deposed_leaders_late_writes_cannot_undo_a_rotation(
     group_id, group = next(iter(sim.groups["CONNECTOR_GRP"].items()))
     [old] = group_keys(sim, group_id)
     path = f"zpa/CONNECTOR_GRP/{group['name']}"
-    journal_at = f"zpa/_vault-zpa/rotation/CONNECTOR_GRP/{group['name']}"
+    journal_at = journal_path_of(vault, path)
     conn = VaultConnection(addr=vault.server.addr, auth=TokenAuth(Secret(vault.server.root_token)))
     store = HvacKvStore(conn, mount=vault.mount)
     try:

@@ -105,7 +105,10 @@ def find_secret(
     if refusal is not None:
         raise FetchError(
             refusal,
-            hint="names whose slug collides live at <slug>-<group_id>: pass --group-id",
+            hint="check --group and --group-id name the same group (`vault-zpa sync --output "
+            "json` lists both)"
+            if group_id
+            else "names whose slug collides live at <slug>-<group_id>: pass --group-id",
         )
     if denied is not None:
         raise denied
@@ -117,12 +120,12 @@ def find_secret(
 
 def _other_group(data: Mapping[str, str], *, group_name: str, group_id: str | None) -> str | None:
     """Describe the group a secret names, if that is not ours. Fields absent (a secret put by
-    hand) prove nothing either way; an id given and matching wins over a renamed group."""
+    hand) prove nothing either way; where present, the name and (when given) the id must both
+    be this group's: a name and an id of two different groups match neither."""
     their_id, their_name = data.get("group_id"), data.get("group_name")
+    same = their_name is None or their_name == group_name
     if group_id and their_id is not None:
-        same = their_id == group_id
-    else:
-        same = their_name is None or their_name == group_name
+        same = same and their_id == group_id
     if same:
         return None
     return f"{their_name!r} (id {their_id})" if their_id is not None else repr(their_name)

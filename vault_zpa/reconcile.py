@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -185,6 +185,13 @@ def plan(
     key from being deleted)."""
     items: list[PlanItem] = []
     stamp = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # Groups known to be gone: not in a complete, unfiltered listing of their type.
+    complete = {listing.association_type for listing in listings if listing.complete}
+    listed = {(g.association_type, g.group_id) for g in desired_state.groups}
+
+    def gone(atype: AssociationType, group_id: str) -> bool:
+        return not scope.groups and atype in complete and (atype, group_id) not in listed
+
     for group in desired_state.groups:
         items.append(
             _plan_group(
@@ -195,6 +202,7 @@ def plan(
                 scope,
                 stamp,
                 excluded,
+                gone,
             )
         )
     items.extend(_plan_orphans(desired_state, listings, stored, scope))
@@ -209,6 +217,7 @@ def _plan_group(
     scope: Scope,
     stamp: str,
     excluded: frozenset[str] = frozenset(),
+    gone: Callable[[AssociationType, str], bool] = lambda atype, group_id: False,
 ) -> PlanItem:
     def item(action: Action, reason: str, **kw: object) -> PlanItem:
         return PlanItem(
@@ -229,7 +238,10 @@ def _plan_group(
         return item(Action.CONFLICT, f"path collides with group {names}; neither is written")
 
     current = stored.get(group.path)
-    candidates = tuple(k for k in group.keys if k.id not in excluded)
+    # A retiring key is never written anew, but the key the path already serves is kept (it is
+    # still valid, and keeping it writes nothing that could bring a removed key back).
+    served = current.data.get("key_id") if current is not None and current.data else None
+    candidates = tuple(k for k in group.keys if k.id not in excluded or k.id == served)
     key = select_key(candidates, rule.key_name_pattern)
     if key is None:
         why = _why_no_key(candidates, rule.key_name_pattern)
@@ -291,6 +303,20 @@ def _plan_group(
                 key=key,
             )
         return write(Action.UPDATE, "adopting an existing path (--adopt)")
+    held = current.data or {}
+    holder = held.get("group_id")
+    if holder and holder != group.group_id and not gone(group.association_type, holder):
+        # The path's place moved to another group that still exists (a rename, or a slug
+        # collision that came or went): never hand one group's readers another group's key. A
+        # group deleted and made again under its name takes its path back.
+        return item(
+            Action.CONFLICT,
+            f"path holds the secret of group {held.get('group_name')!r} "
+            f"(id {holder}), which still exists or may (a partial or filtered listing); not "
+            "overwritten: delete this path with `vault kv metadata delete` to give it to this "
+            "group",
+            key=key,
+        )
     if current.data is None:
         return write(Action.UPDATE, "current version is deleted; writing the key again")
     if comparable(current.data) != same:

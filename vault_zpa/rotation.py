@@ -43,7 +43,7 @@ import os
 import secrets
 import signal
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -128,7 +128,7 @@ def parse_policy(
     table: Mapping[str, Any], where: str, base: RotationPolicy | None = None
 ) -> RotationPolicy:
     """Validate one [association_type.T.rotation] table (or a per-group override)."""
-    from vault_zpa.config import parse_bool, parse_duration
+    from vault_zpa.config import parse_duration
 
     known = {
         "enabled",
@@ -150,7 +150,9 @@ def parse_policy(
             if key == "groups":
                 continue
             if key == "enabled":
-                changes[key] = parse_bool(value)
+                if not isinstance(value, bool):  # TOML has booleans: "yes" is a typo
+                    raise ValueError("must be true or false (a TOML boolean, unquoted)")
+                changes[key] = value
             elif key in ("after", "backoff"):
                 changes[key] = parse_duration(value)
             elif key == "grace":
@@ -171,10 +173,12 @@ def parse_policy(
                 text.format(group="g", key_name="k", timestamp="t")
                 changes[key] = text
             elif key == "max_failures":
-                number = int(value)
-                if isinstance(value, bool) or not 1 <= number <= 1000:
+                if isinstance(value, bool) or not isinstance(value, int | str):
                     raise ValueError("must be a whole number from 1 to 1000")
-                changes[key] = number
+                text = str(value).strip()
+                if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= 1000:
+                    raise ValueError("must be a whole number from 1 to 1000")
+                changes[key] = int(text)
         except (ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
             raise ConfigError(f"{where} {key}: {exc}") from None
     return replace(policy, **changes)
@@ -234,11 +238,13 @@ class Journal:
     needs_human: bool = False
     last_error: str = ""
     retired: tuple[str, ...] = ()
+    abandoned: tuple[str, ...] = ()  # new keys of given-up rotations, left for a person
     last_rotated_at: str = ""
     writer_lease: str = ""
     owner: str = ""  # the process that wrote this version (see Rotator.takeover)
     updated_at: str = ""
     attempt_open: bool = False  # INTENT: `owner` may be searching for / creating the key now
+    where: str = field(default="", compare=False)  # its path in the mount (not stored in it)
 
     @property
     def in_flight(self) -> bool:
@@ -269,6 +275,7 @@ class Journal:
             "needs_human": "true" if self.needs_human else "false",
             "last_error": self.last_error[:500],
             "retired": ",".join(self.retired[:RETIRED_KEPT]),
+            "abandoned": ",".join(self.abandoned[:RETIRED_KEPT]),
             "last_rotated_at": self.last_rotated_at,
             "writer_lease": self.writer_lease,
             "owner": self.owner,
@@ -299,15 +306,18 @@ class Journal:
                 needs_human=data.get("needs_human") == "true",
                 last_error=data.get("last_error", ""),
                 retired=tuple(i for i in (data.get("retired") or "").split(",") if i),
+                abandoned=tuple(i for i in (data.get("abandoned") or "").split(",") if i),
                 last_rotated_at=data.get("last_rotated_at", ""),
                 writer_lease=data.get("writer_lease", ""),
                 owner=data.get("owner", ""),
                 updated_at=data.get("updated_at", ""),
                 attempt_open=data.get("attempt") == "open",
             )
-        except (ValueError, OverflowError) as exc:
+        except (ValueError, OverflowError):
+            # No field value in the message: a hand-edited journal may hold anything.
             raise VaultZpaError(
-                f"the rotation journal (version {version}) is unreadable: {exc}",
+                f"the rotation journal (version {version}) is unreadable: a field holds a "
+                "value vault-zpa does not write",
                 hint="inspect it with `vault kv get`; fix or restore an earlier version",
             ) from None
 
@@ -336,39 +346,69 @@ def _bounded_grace(text: str) -> float:
     return value
 
 
-def journal_path(prefix: str, secret_path: str) -> str:
-    """`<prefix>/_vault-zpa/rotation/<the secret's path below the prefix>`."""
-    return layout.state_path(prefix, "rotation/" + secret_path[len(prefix) + 1 :])
+GroupKey = tuple[AssociationType, str]  # (association type, group id): whom a journal is for
+
+
+def journal_path(prefix: str, association_type: AssociationType, group_id: str) -> str:
+    """`<prefix>/_vault-zpa/rotation/<TYPE>/<group id>`: by id, so a group renamed (or moved by
+    a slug collision) mid-rotation keeps its one journal."""
+    gid = layout.slug(group_id, fallback="unknown")
+    return layout.state_path(prefix, f"rotation/{association_type.value}/{gid}")
 
 
 def journal_root(prefix: str) -> str:
     return layout.state_path(prefix, "rotation")
 
 
-def read_journal(store: KvStore, prefix: str, secret: StoredSecret | None, path: str) -> Journal:
-    """The group's journal; a legacy one from custom_metadata when none has been written yet."""
-    raw = store.read(journal_path(prefix, path))
-    journal = Journal.from_data(raw.version, raw.data) if raw is not None else Journal()
-    if journal.version == 0 and secret is not None and "rotation_state" in secret.custom_metadata:
-        return Journal.from_legacy(secret.custom_metadata)
-    return journal
+def read_journal(
+    store: KvStore,
+    prefix: str,
+    association_type: AssociationType,
+    group_id: str,
+    legacy: Mapping[str, str] | None = None,
+) -> Journal:
+    """The group's journal; a legacy one from the secret's custom_metadata (`legacy`) when none
+    has been written yet. A journal whose current version was deleted is unreadable, not idle:
+    a rotation may have been in flight."""
+    where = journal_path(prefix, association_type, group_id)
+    raw = store.read(where)
+    if raw is None:
+        if legacy is not None and "rotation_state" in legacy:
+            return replace(Journal.from_legacy(legacy), where=where)
+        return Journal(where=where)
+    if raw.data is None:
+        raise VaultZpaError(
+            f"the rotation journal {where} was deleted (version {raw.version})",
+            hint="undelete it (`vault kv undelete`); a rotation may be in flight",
+        )
+    return replace(Journal.from_data(raw.version, raw.data), where=where)
 
 
-def read_journals(store: KvStore, prefix: str) -> dict[str, Journal]:
-    """Every journal under the prefix, by the secret path it belongs to (LIST, then reads)."""
+def read_journals(store: KvStore, prefix: str) -> dict[GroupKey, Journal]:
+    """Every journal under the prefix, by (association type, group id) (LIST, then reads)."""
     root = journal_root(prefix)
-    out: dict[str, Journal] = {}
-    for path in store.list_tree(root):
-        raw = store.read(path)
+    out: dict[GroupKey, Journal] = {}
+    for where in store.list_tree(root):
+        parts = where[len(root) + 1 :].split("/")
+        if len(parts) != 2 or parts[0] not in AssociationType.__members__:
+            continue
+        group = (AssociationType(parts[0]), parts[1])
+        raw = store.read(where)
         if raw is None:
             continue
         try:
-            out[f"{prefix}/{path[len(root) + 1 :]}"] = Journal.from_data(raw.version, raw.data)
+            if raw.data is None:
+                raise VaultZpaError(f"the rotation journal {where} was deleted")
+            out[group] = replace(Journal.from_data(raw.version, raw.data), where=where)
         except VaultZpaError as exc:
-            log.warning("%s: %s", path, exc)
-            # Unreadable: treat the group as rotating so nothing is retired or rolled back.
-            out[f"{prefix}/{path[len(root) + 1 :]}"] = Journal(
-                version=raw.version, state=State.INTENT, needs_human=True, last_error=str(exc)
+            log.warning("%s", exc)
+            # Unreadable: the group counts as rotating and needing a person; nothing retired.
+            out[group] = Journal(
+                version=raw.version,
+                state=State.INTENT,
+                needs_human=True,
+                last_error=str(exc),
+                where=where,
             )
     return out
 
@@ -413,9 +453,9 @@ def decide(
         return Decision("start", "requested")
     if not policy.enabled:
         return Decision("none", "rotation is not enabled")
-    expires = meta.get("lease_expires_at")
-    if policy.after is not None and expires and _parse(expires) <= now:
-        return Decision("start", f"lease expired at {expires}")
+    expires = _lease_end(key, policy, meta.get("lease_expires_at"))
+    if expires is not None and expires <= now:
+        return Decision("start", f"lease expired at {_stamp(expires)}")
     if policy.at_usage_ratio is not None and key is not None and key.max_usage:
         ratio = key.usage_count / key.max_usage
         if ratio >= policy.at_usage_ratio:
@@ -425,6 +465,21 @@ def decide(
                 f"{policy.at_usage_ratio:g} of max_usage",
             )
     return Decision("none", "not due")
+
+
+def _lease_end(
+    key: ProvisioningKey | None, policy: RotationPolicy, stored: str | None
+) -> datetime | None:
+    """When this group's key is due: its creation in ZPA plus the policy's `after` (a per-group
+    override included); without the key, what the secret's `lease_expires_at` says."""
+    if policy.after is None:
+        return None
+    if key is not None and key.creation_time > 0:
+        try:
+            return datetime.fromtimestamp(key.creation_time, UTC) + timedelta(seconds=policy.after)
+        except (OverflowError, ValueError, OSError):
+            return None
+    return _parse(stored) if stored else None
 
 
 def _parse(stamp: str) -> datetime:
@@ -524,6 +579,7 @@ class Rotator:
     ) -> None:
         self.owner = owner
         self.takeover = takeover
+        self._served: Mapping[str, Sequence[str]] = {}
         self.rules = rules or {}
         self.zpa = zpa
         self.store = store
@@ -534,9 +590,18 @@ class Rotator:
         self.hook = hook
 
     def run(
-        self, path: str, policy: RotationPolicy, *, reason: str, requested: bool = False
+        self,
+        path: str,
+        policy: RotationPolicy,
+        *,
+        reason: str,
+        requested: bool = False,
+        served: Mapping[str, Sequence[str]] | None = None,
     ) -> RotationResult:
-        """Take every step that is due for one group, journaling each before it is taken."""
+        """Take every step that is due for one group, journaling each before it is taken.
+        `served` maps key ids to the other paths the run saw serving them (an orphaned path of
+        a renamed group, say): the old key is not removed while any of them serves it."""
+        self._served = served or {}
         if self.store.kv_version != 2:
             raise ConfigError(
                 "rotation needs a KV v2 mount: its journal is written with check-and-set"
@@ -545,7 +610,17 @@ class Rotator:
         if secret is None or secret.data is None:
             return RotationResult(path, None, Decision("none", "no key in Vault"), None)
         group = secret.data.get("group_name")
-        journal = read_journal(self.store, self.prefix, secret, path)
+        try:
+            atype = AssociationType(secret.data.get("association_type", ""))
+        except ValueError:
+            return RotationResult(path, group, Decision("none", "not a vault-zpa key"), None)
+        where = (atype, secret.data.get("group_id", ""))
+        try:
+            journal = read_journal(self.store, self.prefix, *where, secret.custom_metadata)
+        except VaultZpaError as exc:
+            return RotationResult(
+                path, group, Decision("blocked", exc.message), None, error=str(exc)
+            )
         if requested and (journal.needs_human or journal.failures or journal.retry_at):
             # A person asked: forget earlier failures (persisted with the next step).
             journal = replace(journal, needs_human=False, failures=0, retry_at="", last_error="")
@@ -557,11 +632,11 @@ class Rotator:
                 path, group, Decision("wait", str(exc.message)), journal.state.value
             )
         except VaultZpaError as exc:
-            latest = self._failed(path, policy, str(exc.message))
+            latest = self._failed(path, where, policy, str(exc.message))
             return RotationResult(
                 path,
                 group,
-                Decision("resume", reason),
+                Decision(action, reason),
                 latest.state.value if latest.in_flight else None,
                 error=str(exc),
             )
@@ -634,7 +709,7 @@ class Rotator:
                 )
             except Superseded:
                 if made:
-                    self._withdraw(path, atype, key.id)
+                    self._withdraw(path, atype, key.id, journal)
                 raise
             self._boundary("created")
         if journal.state is State.CREATED:
@@ -656,6 +731,28 @@ class Rotator:
                 )
             journal = self._journal(path, journal, state=State.RETIRING)
         if journal.state is State.RETIRING:
+            why = self._new_key_unusable(atype, journal)
+            if why is not None:
+                # Removing the old key now would leave the group nothing to enroll with: give
+                # the rotation up instead, so the sync may serve the old key again.
+                self._journal(
+                    path,
+                    journal,
+                    state=State.IDLE,
+                    abandoned=(journal.new_id, *journal.abandoned)[:RETIRED_KEPT],
+                    last_error=f"rotation given up: {why}; the old key was kept",
+                )
+                log.warning(
+                    "rotation of %s given up: %s; old key %s kept", path, why, journal.old_id
+                )
+                return RotationResult(
+                    path,
+                    group,
+                    Decision(action, reason),
+                    None,
+                    journal.new_id,
+                    error=f"rotation given up: {why}; the old key {journal.old_id} was kept",
+                )
             self._retire(path, atype, journal)
             self._boundary("old_removed")
             journal = self._journal(
@@ -699,6 +796,18 @@ class Rotator:
         )
         log.info("rotation: wrote key %s to %s", key.id, path)
 
+    def _new_key_unusable(self, atype: AssociationType, journal: Journal) -> str | None:
+        """Why the new key cannot replace the old one (deleted, disabled, used up), or None."""
+        try:
+            new = self.zpa.get_provisioning_key(atype, journal.new_id)
+        except ZpaApiError as exc:
+            if _not_found(exc):
+                return f"the new key {journal.new_id} was deleted in ZPA"
+            raise
+        if not new.eligible:
+            return f"the new key {journal.new_id} is disabled or used up in ZPA"
+        return None
+
     def _check_not_served(self, path: str, journal: Journal) -> None:
         """The last look before the old key goes: Vault must serve another key (I1)."""
         current = self.store.read(path)
@@ -710,6 +819,12 @@ class Rotator:
             raise VaultZpaError(
                 f"{path} serves the old key {journal.old_id} again; not removing it",
                 hint="find out who wrote it back; `vault-zpa rotate` for the group resumes",
+            )
+        elsewhere = next((p for p in self._served.get(journal.old_id, ()) if p != path), None)
+        if elsewhere is not None:
+            raise VaultZpaError(
+                f"{elsewhere} still serves the old key {journal.old_id}; not removing it",
+                hint="if that path is stale (a renamed group), prune it or delete it by hand",
             )
 
     def _claim(self, path: str, journal: Journal) -> Journal:
@@ -727,12 +842,12 @@ class Rotator:
                 )
         return self._journal(path, journal, attempt_open=True)
 
-    def _withdraw(self, path: str, atype: AssociationType, key_id: str) -> None:
+    def _withdraw(self, path: str, atype: AssociationType, key_id: str, journal: Journal) -> None:
         """Two runs resumed one INTENT at once and both created a key; the journal took the
         other's. Ours is in no journal and no secret: delete it now (I2, I3). If this fails the
         key still carries the journaled name, so it is never lost from sight."""
-        journal = read_journal(self.store, self.prefix, None, path)
-        if journal.new_id == key_id:
+        raw = self.store.read(journal.where)
+        if raw is not None and raw.data is not None and raw.data.get("new_id") == key_id:
             return
         try:
             self.zpa.delete_provisioning_key(atype, key_id)
@@ -793,7 +908,7 @@ class Rotator:
         )
         try:
             version = self.store.write(
-                journal_path(self.prefix, path),
+                journal.where,
                 new.to_data(),
                 cas=journal.version,
                 custom_metadata={"managed_by": "vault-zpa", "kind": "rotation-journal"},
@@ -805,11 +920,13 @@ class Rotator:
             ) from None
         return replace(new, version=version)
 
-    def _failed(self, path: str, policy: RotationPolicy, error: str) -> Journal:
+    def _failed(self, path: str, where: GroupKey, policy: RotationPolicy, error: str) -> Journal:
         """Record a failure in the journal as it now stands in Vault: the state is never moved
         on by a failure, only the retry bookkeeping."""
         try:
-            current = read_journal(self.store, self.prefix, self.store.read(path), path)
+            secret = self.store.read(path)
+            legacy = secret.custom_metadata if secret is not None else None
+            current = read_journal(self.store, self.prefix, *where, legacy)
             failures = current.failures + 1
             delay = min(policy.backoff * 2 ** min(failures - 1, 20), 86400.0)
             log.warning("rotation of %s failed (%d): %s", path, failures, error)

@@ -64,7 +64,11 @@ def rows(snapshot: Snapshot, rotation: RotationSettings | None = None) -> list[G
             held = by_id.get((item.association_type, stored.data.get("key_id", "")))
             policy = rotation.policy(item.association_type, item.group_name)
             decision = decide(
-                stored, held, policy, snapshot.started, journal=snapshot.journals.get(item.path)
+                stored,
+                held,
+                policy,
+                snapshot.started,
+                journal=snapshot.journals.get((item.association_type, item.group_id or "")),
             )
             label = {
                 "start": "due",

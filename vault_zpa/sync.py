@@ -36,6 +36,7 @@ from vault_zpa.model import (
 from vault_zpa.reconcile import Scope, TypeRule
 from vault_zpa.rotation import (
     Decision,
+    GroupKey,
     Journal,
     KeyAdmin,
     RotationResult,
@@ -123,7 +124,7 @@ class Snapshot:
     listings: tuple[Listing, ...]
     stored: dict[str, StoredSecret]
     plan: Plan
-    journals: Mapping[str, Journal] = field(default_factory=dict)  # rotation, by secret path
+    journals: Mapping[GroupKey, Journal] = field(default_factory=dict)  # rotation, by secret path
 
     @property
     def errors(self) -> tuple[str, ...]:
@@ -149,10 +150,10 @@ def stages(
     options: SyncOptions,
     started: datetime,
     stored: dict[str, StoredSecret],
-    journals: dict[str, Journal] | None = None,
+    journals: dict[GroupKey, Journal] | None = None,
     progress: Progress | None = None,
     known: Mapping[str, StoredSecret] | None = None,
-    known_journals: Mapping[str, Journal] | None = None,
+    known_journals: Mapping[GroupKey, Journal] | None = None,
 ) -> Iterator[Stage]:
     """Plan the run in stages, overlapping the ZPA listing with the Vault side.
 
@@ -213,7 +214,7 @@ def stages(
         vault_pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _read_journals(store: KvStore, options: SyncOptions) -> dict[str, Journal]:
+def _read_journals(store: KvStore, options: SyncOptions) -> dict[GroupKey, Journal]:
     """Rotation journals (KV v2 only: rotation refuses KV v1). Read after the secrets."""
     if store.kv_version != 2:
         return {}
@@ -222,7 +223,7 @@ def _read_journals(store: KvStore, options: SyncOptions) -> dict[str, Journal]:
 
 def _read_back(
     store: KvStore, options: SyncOptions, roots: Sequence[str], progress: Progress | None
-) -> tuple[dict[str, StoredSecret], dict[str, Journal]]:
+) -> tuple[dict[str, StoredSecret], dict[GroupKey, Journal]]:
     """Everything Vault holds under this run's folders. The LIST shows every path that exists
     (soft-deleted ones too), so only those are read: a desired path missing from it is a
     create, and a path created after the LIST makes the check-and-set create fail instead of
@@ -275,7 +276,7 @@ def _staged(
     snapshot and results come back in plan order (groups first, then orphans by path)."""
     started = now()
     stored: dict[str, StoredSecret] = {}
-    journals: dict[str, Journal] = {}
+    journals: dict[GroupKey, Journal] = {}
     usable = warm is not None and warm.usable
     parts: list[Stage] = []
     results: list[ItemResult] = []
@@ -368,7 +369,7 @@ class WarmState:
     a full reconciliation, and whenever the writer's leadership was interrupted."""
 
     stored: dict[str, StoredSecret] = field(default_factory=dict)
-    journals: Mapping[str, Journal] = field(default_factory=dict)
+    journals: Mapping[GroupKey, Journal] = field(default_factory=dict)
     usable: bool = False
 
     def invalidate(self) -> None:
@@ -411,7 +412,7 @@ def _retiring(store: KvStore, prefix: str, items: Sequence[PlanItem]) -> dict[in
         if item.action is not Action.UPDATE or item.key is None or store.kv_version != 2:
             continue
         try:
-            journal = read_journal(store, prefix, None, item.path)
+            journal = read_journal(store, prefix, item.association_type, item.group_id or "")
         except VaultZpaError as exc:
             held[id(item)] = f"not written: its rotation journal could not be read ({exc})"
             continue
@@ -496,7 +497,7 @@ def rotate_once(
     stored: Mapping[str, StoredSecret],
     listings: Sequence[Listing],
     rotation: RotationSettings,
-    journals: Mapping[str, Journal] | None = None,
+    journals: Mapping[GroupKey, Journal] | None = None,
     rules: Mapping[AssociationType, TypeRule] | None = None,
     requested: frozenset[tuple[AssociationType, str]] = frozenset(),
     dry_run: bool = False,
@@ -525,6 +526,10 @@ def rotate_once(
     )
     by_id = {(k.association_type, k.id): k for listing in listings for k in listing.keys}
     journals = journals or {}
+    served: dict[str, list[str]] = {}
+    for where, seen in stored.items():
+        if seen.data is not None and seen.managed and "key_id" in seen.data:
+            served.setdefault(seen.data["key_id"], []).append(where)
     results: list[RotationResult] = []
     started = 0
     moment = now()
@@ -539,7 +544,7 @@ def rotate_once(
         if grace is not None:
             policy = replace(policy, grace=grace)
         held = by_id.get((item.association_type, secret.data.get("key_id", "")))
-        journal = journals.get(item.path)
+        journal = journals.get((item.association_type, item.group_id or ""))
         decision = decide(
             secret, held, policy, moment, journal=journal, requested=pair in requested
         )
@@ -565,7 +570,11 @@ def rotate_once(
         started += decision.action == "start"
         try:
             result = rotator.run(
-                item.path, policy, reason=decision.reason, requested=pair in requested
+                item.path,
+                policy,
+                reason=decision.reason,
+                requested=pair in requested,
+                served=served,
             )
         except VaultZpaError as exc:
             result = RotationResult(item.path, item.group_name, decision, state, error=str(exc))
