@@ -15,3 +15,11 @@ path "secret/metadata/zpa/*" {
 path "sys/mounts/secret" {
   capabilities = ["read"]
 }
+
+# The token's own lookup and renewal (the default policy grants these too).
+path "auth/token/lookup-self" {
+  capabilities = ["read"]
+}
+path "auth/token/renew-self" {
+  capabilities = ["update"]
+}

@@ -35,9 +35,11 @@ def test_shipped_policy_files_are_the_rendered_defaults() -> None:
     assert (ROOT / "policies/vault-zpa-connector.hcl.example").read_text() == example.text
 
 
-def token_for(vault: Vault, *policies: str) -> str:
+def token_for(vault: Vault, *policies: str, default: bool = True) -> str:
     response = vault.api(
-        "POST", "auth/token/create", json={"policies": list(policies), "no_default_policy": False}
+        "POST",
+        "auth/token/create",
+        json={"policies": list(policies), "no_default_policy": not default},
     )
     response.raise_for_status()
     return str(response.json()["auth"]["client_token"])
@@ -61,9 +63,9 @@ def applied(sim: ZpaSimulator, vault: Vault) -> dict[str, str]:
 def test_daemon_policy_runs_everything_and_nothing_outside_the_prefix(
     sim: ZpaSimulator, vault: Vault, applied: dict[str, str]
 ) -> None:
-    """With only the daemon policy: sync, prune, rotation and the leader lease work; paths
-    outside the prefix are denied."""
-    token = token_for(vault, "vault-zpa-daemon")
+    """With only the daemon policy (not even Vault's default one): sync, prune, rotation and
+    the leader lease work; paths outside the prefix are denied."""
+    token = token_for(vault, "vault-zpa-daemon", default=False)
     env = {**applied, "VAULT_TOKEN": token}
     assert run_cli("sync", env=env).returncode == 0
     group = next(iter(sim.groups["SERVICE_EDGE_GRP"].values()))

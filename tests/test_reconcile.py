@@ -316,3 +316,12 @@ def test_a_group_made_again_under_its_name_takes_its_path_back() -> None:
     assert result[PATH][0] is Action.UPDATE
     partial = run([key("1")], {PATH: managed(old)}, complete=False)
     assert partial[PATH][0] is Action.CONFLICT  # a partial listing proves nothing
+
+
+def test_an_empty_listing_prunes_nothing() -> None:
+    """A complete listing with no key at all (a wrong customer or microtenant id, more likely
+    than every group deleted at once) reports orphans but prunes none of them."""
+    result = run([], {PATH: managed(key("1"))}, scope=Scope(prune=True))
+    action, reason = result[PATH]
+    assert action is Action.ORPHAN
+    assert "not pruning every group" in reason

@@ -94,8 +94,8 @@ IDLE = Journal()
             zkey(),
             ON,
             False,
-            "wait",
-            "old key kept until",
+            "blocked",
+            "not a time within any grace",
         ),
         (
             stored(),

@@ -366,7 +366,9 @@ def rotate(
     # Checked before anything is read or created: a grace past the bound (or inf/nan) used to
     # fail only after the new key existed, wedging the rotation. A ConfigError: exit 2, one line.
     grace_seconds = (
-        parse_duration(grace, name="--grace", maximum=MAX_GRACE) if grace is not None else None
+        parse_duration(grace, name="--grace", maximum=MAX_GRACE, allow_zero=True)
+        if grace is not None
+        else None
     )
     settings = settings_from(
         config_path,
@@ -384,6 +386,14 @@ def rotate(
     )
     zpa = build.zpa_client(settings.zpa())
     store = build.kv_store(settings)
+    if store.kv_version != 2:
+        store.close()
+        zpa.close()
+        raise ConfigError(
+            f"rotation needs a KV v2 mount; {settings.vault.mount!r} is KV v1 (its journal is "
+            "written with check-and-set, which KV v1 lacks)",
+            hint="vault secrets enable -path=<new mount> kv-v2, then VAULT_ZPA_MOUNT=<new mount>",
+        )
     try:
         snap = inspect(
             source=zpa,

@@ -40,6 +40,14 @@ path "{mount}/{prefix}/*" {{
 path "sys/mounts/{mount}" {{
   capabilities = ["read"]
 }}
+
+# The token's own lookup and renewal (the default policy grants these too).
+path "auth/token/lookup-self" {{
+  capabilities = ["read"]
+}}
+path "auth/token/renew-self" {{
+  capabilities = ["update"]
+}}
 """
     else:
         text = f"""# vault-zpa daemon: sync, prune, rotation, leader lease; {mount}/{prefix}/ only.
@@ -58,6 +66,14 @@ path "{mount}/metadata/{prefix}/*" {{
 # Detect the KV version of the mount.
 path "sys/mounts/{mount}" {{
   capabilities = ["read"]
+}}
+
+# The token's own lookup and renewal (the default policy grants these too).
+path "auth/token/lookup-self" {{
+  capabilities = ["read"]
+}}
+path "auth/token/renew-self" {{
+  capabilities = ["update"]
 }}
 """
     return Policy("vault-zpa-daemon", text)
@@ -119,6 +135,11 @@ def connector_policy(
     full = _paths(mount, kv_version, "data", path)
     text = f"""# vault-zpa: {association_type.value} group {_comment(group_name)} reads its key.
 path "{full}" {{
+  capabilities = ["read"]
+}}
+
+# The token's own lookup (vault-zpa fetch checks its token; the default policy grants it too).
+path "auth/token/lookup-self" {{
   capabilities = ["read"]
 }}
 """

@@ -376,6 +376,14 @@ def _plan_orphans(
                 f"group has no key in ZPA any more, and no key of microtenant {tenant} was "
                 f"listed; not pruned (run with ZPA_MICROTENANT_ID={tenant} to prune it)"
             )
+        if prunable and not listing.keys:
+            # A complete but empty listing with managed secrets still in Vault is far likelier
+            # a wrong customer or microtenant id than every group deleted at once.
+            prunable = False
+            reason = (
+                f"ZPA listed no {atype.value} key at all; not pruning every group of the type "
+                "(check ZPA_CUSTOMER_ID / ZPA_MICROTENANT_ID; delete by hand if they really went)"
+            )
         base = PlanItem(
             action=Action.ORPHAN,
             association_type=atype,

@@ -188,30 +188,44 @@ def new_key_name(template: str, *, group: str, key_name: str, moment: datetime) 
     """A rotated key's name: the template with a timestamp plus a random tag, so two names are
     never equal and the tag alone (characters ZPA's search keeps) finds the key again."""
     stamp = f"{moment.astimezone(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
-    return template.format(group=group, key_name=key_name, timestamp=stamp)[:255]
+    # ZPA names are at most 255 characters: shorten the group and key names, never the stamp
+    # (cutting the tag off would make every rotated name of a long group the same).
+    for keep in (255, 128, 64, 32, 16, 8, 0):
+        name = template.format(group=group[:keep], key_name=key_name[:keep], timestamp=stamp)
+        if len(name) <= 255:
+            return name
+    raise ConfigError("rotation name_template is too long: a key name is at most 255 characters")
+
+
+# Group names to try a name template on when the group is not known at start-up.
+_SAMPLE_GROUPS = ("Group", "Connector-Group-0001", "Service-Edges-0001", "NY Connectors", "lab")
 
 
 def check_compatible(rules: Mapping[AssociationType, TypeRule], rotation: RotationSettings) -> None:
     """Refuse a rotation name template whose keys the type's key_name_pattern would not select:
-    the sync would put the old key back and the rotation would loop (create, delete, repeat)."""
-    policies = [(atype, p, "") for atype, p in rotation.policies.items()] + [
-        (atype, p, f" (group {group!r})") for (atype, group), p in rotation.per_group.items()
+    the sync would put the old key back and the rotation would loop (create, delete, repeat).
+
+    Names depend on the group, so this can only be sure for per-group policies; for a type's
+    policy it refuses when no usual group name would do (each rotation checks its real name
+    again before it creates anything)."""
+    policies = [(atype, p, None) for atype, p in rotation.policies.items()] + [
+        (atype, p, group) for (atype, group), p in rotation.per_group.items()
     ]
-    for atype, policy, where in policies:
+    moment = datetime(2026, 1, 1, tzinfo=UTC)
+    for atype, policy, group in policies:
         pattern = rules.get(atype, TypeRule()).key_name_pattern
         if not policy.enabled or pattern is None:
             continue
-        sample = new_key_name(
-            policy.name_template,
-            group=where.strip(" ()") or "Group",
-            key_name="Group-key",
-            moment=datetime(2026, 1, 1, tzinfo=UTC),
-        )
-        if pattern.fullmatch(sample) is None:
+        samples = [
+            new_key_name(policy.name_template, group=g, key_name=f"{g}-key", moment=moment)
+            for g in ((group,) if group is not None else _SAMPLE_GROUPS)
+        ]
+        if not any(pattern.fullmatch(sample) for sample in samples):
+            where = f" (group {group!r})" if group is not None else ""
             raise ConfigError(
                 f"[association_type.{atype.value}.rotation]{where} name_template makes keys "
-                f"named like {sample!r}, which key_name_pattern {pattern.pattern!r} does not "
-                "select",
+                f"named like {samples[0]!r}, which key_name_pattern {pattern.pattern!r} does "
+                "not select",
                 hint="change name_template or key_name_pattern so rotated keys match",
             )
 
@@ -447,6 +461,12 @@ def decide(
         return Decision("wait", f"backing off after a failure until {journal.retry_at}")
     if journal.in_flight:
         if journal.state is State.WRITTEN and _parse(journal.grace_until) > now:
+            if _parse(journal.grace_until) > now + timedelta(seconds=MAX_GRACE):
+                return Decision(
+                    "blocked",
+                    f"the journal's grace_until {journal.grace_until[:40]!r} is not a time "
+                    "within any grace; a person must look (fix or restore the journal)",
+                )
             return Decision("wait", f"new key in Vault; old key kept until {journal.grace_until}")
         return Decision("resume", f"rotation in progress ({journal.state}): {journal.reason}")
     if requested:
@@ -718,6 +738,11 @@ class Rotator:
             journal = self._journal(path, journal, state=State.WRITTEN, grace_until=grace_until)
             self._boundary("written")
         if journal.state is State.WRITTEN:
+            if _parse(journal.grace_until) > self.now() + timedelta(seconds=MAX_GRACE):
+                raise VaultZpaError(
+                    f"{path}: the rotation journal's grace_until is not a time within any grace",
+                    hint="fix or restore the journal; nothing was removed",
+                )
             if _parse(journal.grace_until) > self.now():
                 return RotationResult(
                     path,
@@ -833,6 +858,8 @@ class Rotator:
         process opened (and has not closed by recording a failure) is left to it for
         `takeover` seconds: it may be creating the key right now."""
         since = _parse_or_none(journal.updated_at)
+        if since is not None and since > self.now() + timedelta(seconds=self.takeover):
+            since = None  # written by a clock far ahead of ours: no wait can be measured from it
         if journal.attempt_open and journal.owner != self.owner and since is not None:
             until = since + timedelta(seconds=self.takeover)
             if self.now() < until:

@@ -703,7 +703,11 @@ def _search(
 
 
 def _visible(obj: dict[str, Any], tenant: str | None) -> bool:
-    return tenant is None or obj.get("microtenantId") == tenant
+    if tenant is None:
+        return True
+    if tenant == "0":  # the default microtenant: objects of no microtenant (zpa-api.md §12)
+        return obj.get("microtenantId") in (None, "", "0")
+    return obj.get("microtenantId") == tenant
 
 
 def _keys(

@@ -184,8 +184,8 @@ class TokenManager:
         ) as exc:
             if isinstance(self.method, TokenAuth):
                 raise VaultAuthError(
-                    "the Vault token is invalid, expired or revoked "
-                    f"(lookup-self: {_first_error(exc)})",
+                    "the Vault token is invalid, expired or revoked, or its policy may not "
+                    f"read auth/token/lookup-self (lookup-self: {_first_error(exc)})",
                     hint="set a valid VAULT_TOKEN / VAULT_ZPA_TOKEN_FILE, or use AppRole or "
                     "Kubernetes auth so vault-zpa can log in again by itself",
                 ) from None
@@ -247,4 +247,5 @@ class TokenManager:
 def _first_error(exc: hvac.exceptions.VaultError) -> str:
     errors = getattr(exc, "errors", None) or []
     text = str(errors[0]) if errors else type(exc).__name__
-    return text[:200]
+    # Vault wraps some errors as "1 error occurred:\n\t* permission denied\n\n": one line.
+    return " ".join(text.replace("1 error occurred:", "").replace("*", " ").split())[:200]
