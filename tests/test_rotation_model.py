@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import Callable, Collection, Mapping
+import logging
+from collections.abc import Callable, Collection, Iterator, Mapping
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -450,6 +451,7 @@ class RotationModel(RuleBasedStateMachine):
                 rules=RULES,
                 owner=faults.owner,
                 takeover=TAKEOVER,
+                tag=lambda: f"t{next(self.world.ids)}",  # deterministic, for replays
             ),
         )
         if warm is not None and any(r.decision.action in ("start", "resume") for r in results):
@@ -489,7 +491,9 @@ class RotationModel(RuleBasedStateMachine):
 
     @rule(
         pair=st.sampled_from([("A", "CLI"), ("CLI", "A"), ("CLI", "CLI"), ("A", "B"), ("B", "A")]),
-        kind=st.sampled_from(("kv_write", "kv_read", "zpa_create", "zpa_find", "zpa_remove")),
+        # Calls made on the run's own thread (the sync lists ZPA and reads Vault back on two
+        # threads of its own: a whole other run slipped in there would race this one's).
+        kind=st.sampled_from(("kv_write", "zpa_create", "zpa_find", "zpa_remove")),
         nth=st.integers(0, 6),
         plan=fault_plans,
         requested=st.booleans(),
@@ -544,6 +548,9 @@ class RotationModel(RuleBasedStateMachine):
         journals = _journals(world)
         named = {i for j in journals.values() if j.in_flight for i in (j.new_id, j.old_id)}
         named |= {i for j in journals.values() for i in j.abandoned}  # recorded, for a person
+        # A rotation given up keeps its old key; the next sync serves it again (it is no longer
+        # excluded, and the abandoned new key is unusable).
+        named |= {j.old_id for j in journals.values() if j.abandoned and j.old_id not in j.retired}
         named |= {
             k
             for k, raw in world.keys.items()
@@ -554,7 +561,8 @@ class RotationModel(RuleBasedStateMachine):
             if key_id in world.keys and key_id not in world.removed_by_us:
                 # I2: served, or recorded where the next run finishes it.
                 assert key_id in served or key_id in named, (
-                    f"I2: key {key_id} of {group_id} is orphaned: not served, not journaled"
+                    f"I2: key {key_id} of {group_id} is orphaned: not served, not journaled "
+                    f"(journals: {list(journals.values())})"
                 )
 
     def teardown(self) -> None:
@@ -593,6 +601,17 @@ def _stuck(world: World) -> bool:
     return any(j.in_flight for j in _journals(world).values())
 
 
+@pytest.fixture(autouse=True)
+def quiet() -> Iterator[None]:
+    """Thousands of generated runs log thousands of (expected) failures; pytest would hold every
+    record in memory (1.7 GB over the reliability suite's 5,000 histories)."""
+    logger = logging.getLogger("vault_zpa")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    yield
+    logger.setLevel(level)
+
+
 def test_rotation_promises_hold_under_faults_and_competing_writers() -> None:
     """Thousands of steps of syncs, rotations, crashes, lost and late writes, lease changes:
     I1-I4 hold after every step, and clean runs converge afterwards."""
@@ -603,6 +622,8 @@ def test_rotation_promises_hold_under_faults_and_competing_writers() -> None:
             stateful_step_count=40,
             deadline=None,
             derandomize=True,  # the same few thousand steps in every CI run
+            database=None,
+            phases=(Phase.explicit, Phase.generate),
             suppress_health_check=[HealthCheck.too_slow],
         ),
     )

@@ -245,3 +245,56 @@ def test_a_deposed_leaders_late_writes_cannot_undo_a_rotation(
         assert vault.kv_get(path)["data"]["data"]["key_id"] == new["id"]  # type: ignore[index]
     finally:
         store.close()
+
+
+def test_a_new_key_deleted_during_the_grace_gives_the_rotation_up(
+    sim: ZpaSimulator, vault: Vault
+) -> None:
+    """Found by the adversary: the new key is deleted in the console during the grace; the
+    rotation must not then delete the old key (the group would have none). It is given up,
+    reported (exit 1), and the next sync serves the old key again."""
+    env = clean_env(sim.env(), vault.env)
+    assert run_cli("sync", env=env).returncode == 0
+    group_id, group = next(iter(sim.groups["CONNECTOR_GRP"].items()))
+    [old] = group_keys(sim, group_id)
+    path = f"zpa/CONNECTOR_GRP/{group['name']}"
+    args = ("rotate", "--association-type", "CONNECTOR_GRP", "--group", str(group["name"]))
+    assert run_cli(*args, "--grace", "1s", env=env).returncode == 0
+    new_id = journal_of(vault, path)["new_id"]
+    del sim.keys["CONNECTOR_GRP"][new_id]  # a person deletes it in the console
+    time.sleep(1.2)
+    resumed = run_cli("rotate", "--all-due", env=env)
+    assert resumed.returncode == 1, resumed.stdout + resumed.stderr
+    assert "given up" in resumed.stdout
+    assert [k["id"] for k in group_keys(sim, group_id)] == [old["id"]]  # the old key stays
+    journal = journal_of(vault, path)
+    assert journal["state"] == "idle"
+    assert journal["abandoned"] == new_id
+    assert run_cli("sync", env=env).returncode == 0
+    held = vault.kv_get(path)["data"]["data"]  # type: ignore[index]
+    assert held["key_id"] == old["id"]  # type: ignore[index]
+    assert sim.accepts(held["provisioning_key"])  # type: ignore[index]
+
+
+def test_a_group_renamed_mid_rotation_keeps_one_rotation(sim: ZpaSimulator, vault: Vault) -> None:
+    """Found by the adversary: a group renamed while its rotation waits out the grace. The
+    rotation goes on under the new name (one journal per group id, not per path): no second
+    rotation, no second key, and the old key is not removed while the stale path serves it."""
+    env = clean_env(sim.env(), vault.env)
+    assert run_cli("sync", env=env).returncode == 0
+    group_id, group = next(iter(sim.groups["CONNECTOR_GRP"].items()))
+    assert len(group_keys(sim, group_id)) == 1
+    old_path = f"zpa/CONNECTOR_GRP/{group['name']}"
+    rotate = ("rotate", "--association-type", "CONNECTOR_GRP", "--grace", "1s")
+    assert run_cli(*rotate, "--group", str(group["name"]), env=env).returncode == 0
+    new_id = journal_of(vault, old_path)["new_id"]
+    group["name"] = "Renamed"  # in the console; keys show their group's current name
+    assert run_cli("sync", env=env).returncode == 0
+    new_path = "zpa/CONNECTOR_GRP/Renamed"
+    assert vault.kv_get(new_path)["data"]["data"]["key_id"] == new_id  # type: ignore[index]
+    time.sleep(1.2)
+    again = run_cli(*rotate, "--group", "Renamed", env=env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    keys = {str(k["id"]) for k in group_keys(sim, group_id)}
+    assert keys == {new_id}, keys  # the same rotation finished: old key gone, no second key
+    assert journal_of(vault, new_path)["state"] == "idle"

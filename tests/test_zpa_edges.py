@@ -211,6 +211,9 @@ def test_prune_with_microtenant_spares_the_parent(sim: ZpaSimulator, vault: Vaul
     777's own group is gone, a 777 run prunes that one secret and still nothing else."""
     group = sim.add_group("CONNECTOR_GRP", "Tenant-777-Group", microtenant_id="777")
     sim.add_key("CONNECTOR_GRP", group["id"], name="tenant-key", created=BASE_EPOCH)
+    # A second group of 777 stays: a listing with no key at all prunes nothing (reconcile.py).
+    other = sim.add_group("CONNECTOR_GRP", "Tenant-777-Other", microtenant_id="777")
+    sim.add_key("CONNECTOR_GRP", other["id"], name="other-key", created=BASE_EPOCH)
     env = clean_env(sim.env(), vault.env)
     first = run_cli("sync", env=env)
     assert first.returncode == 0, first.stderr
@@ -224,7 +227,7 @@ def test_prune_with_microtenant_spares_the_parent(sim: ZpaSimulator, vault: Vaul
     run = run_cli("sync", "--prune", "--output", "json", env=scoped)
     assert run.returncode == 0, run.stderr
     report = json.loads(run.stdout)
-    assert [i["action"] for i in report["items"]] == ["unchanged"]
+    assert [i["action"] for i in report["items"]] == ["unchanged", "unchanged"]
     for atype, groups in sim.groups.items():
         for g in groups.values():
             assert vault.kv_get(f"zpa/{atype}/{g['name']}")["data"]["data"]  # type: ignore[index]

@@ -184,10 +184,12 @@ def parse_policy(
     return replace(policy, **changes)
 
 
-def new_key_name(template: str, *, group: str, key_name: str, moment: datetime) -> str:
+def new_key_name(
+    template: str, *, group: str, key_name: str, moment: datetime, tag: str | None = None
+) -> str:
     """A rotated key's name: the template with a timestamp plus a random tag, so two names are
     never equal and the tag alone (characters ZPA's search keeps) finds the key again."""
-    stamp = f"{moment.astimezone(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+    stamp = f"{moment.astimezone(UTC):%Y%m%dT%H%M%SZ}-{tag or secrets.token_hex(3)}"
     # ZPA names are at most 255 characters: shorten the group and key names, never the stamp
     # (cutting the tag off would make every rotated name of a long group the same).
     for keep in (255, 128, 64, 32, 16, 8, 0):
@@ -596,7 +598,9 @@ class Rotator:
         hook: Callable[[str], None] | None = None,
         owner: str = PROCESS_OWNER,
         takeover: float = TAKEOVER,
+        tag: Callable[[], str] = lambda: secrets.token_hex(3),
     ) -> None:
+        self.tag = tag
         self.owner = owner
         self.takeover = takeover
         self._served: Mapping[str, Sequence[str]] = {}
@@ -617,10 +621,13 @@ class Rotator:
         reason: str,
         requested: bool = False,
         served: Mapping[str, Sequence[str]] | None = None,
+        start: bool = True,
     ) -> RotationResult:
         """Take every step that is due for one group, journaling each before it is taken.
         `served` maps key ids to the other paths the run saw serving them (an orphaned path of
-        a renamed group, say): the old key is not removed while any of them serves it."""
+        a renamed group, say): the old key is not removed while any of them serves it.
+        `start` False (the caller saw a rotation in flight): if the journal, read afresh, is
+        idle, another run finished it, and no new rotation begins on that stale decision."""
         self._served = served or {}
         if self.store.kv_version != 2:
             raise ConfigError(
@@ -644,6 +651,10 @@ class Rotator:
         if requested and (journal.needs_human or journal.failures or journal.retry_at):
             # A person asked: forget earlier failures (persisted with the next step).
             journal = replace(journal, needs_human=False, failures=0, retry_at="", last_error="")
+        if not journal.in_flight and not start:
+            return RotationResult(
+                path, group, Decision("none", "finished by another run meanwhile"), None
+            )
         action = "resume" if journal.in_flight else "start"
         try:
             return self._steps(path, secret, journal, policy, reason, action)
@@ -684,6 +695,7 @@ class Rotator:
                 group=group or data["group_id"],
                 key_name=data["key_name"],
                 moment=self.now(),
+                tag=self.tag(),
             )
             if rule.key_name_pattern is not None and not rule.key_name_pattern.fullmatch(name):
                 raise ConfigError(

@@ -575,6 +575,7 @@ def rotate_once(
                 reason=decision.reason,
                 requested=pair in requested,
                 served=served,
+                start=decision.action == "start",
             )
         except VaultZpaError as exc:
             result = RotationResult(item.path, item.group_name, decision, state, error=str(exc))

@@ -10,7 +10,13 @@ from hypothesis import HealthCheck, settings
 from hypothesis.stateful import run_state_machine_as_test
 
 from tests.reliability.conftest import Recorder
-from tests.test_rotation_model import BrokenModel, NoWithdrawModel, RotationModel, violations
+from tests.test_rotation_model import (  # noqa: F401 - quiet is an autouse fixture
+    BrokenModel,
+    NoWithdrawModel,
+    RotationModel,
+    quiet,
+    violations,
+)
 
 pytestmark = pytest.mark.slow
 EXAMPLES = 5000
