@@ -682,13 +682,14 @@ def violations(model: type[RotationModel], examples: int) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 @pytest.mark.parametrize(("model", "promise"), [(BrokenModel, "I1"), (NoWithdrawModel, "I2|I3")])
 def test_the_model_finds_a_broken_protocol(model: type[RotationModel], promise: str) -> None:
     """The same machine, run against deliberately broken variants, reports the promise each
     breaks: the checks can fail."""
     import re
 
-    found = violations(model, 600)
+    found = violations(model, 1500)
     assert re.search(promise, found), found
 
 

@@ -18,7 +18,7 @@ from tests.test_rotation_model import (  # noqa: F401 - quiet is an autouse fixt
     violations,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 EXAMPLES = 5000
 
 
@@ -60,7 +60,7 @@ def test_broken_protocol_is_caught(
     recorder: Recorder, model: type[RotationModel], promise: str, bug: str
 ) -> None:
     """Deliberately broken variants: the model must report the promise each one breaks."""
-    found = violations(model, 600)
+    found = violations(model, 1500)
     caught = re.search(promise, found) is not None
     recorder.trial(
         "protocol",
