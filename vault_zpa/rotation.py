@@ -768,10 +768,11 @@ class Rotator:
                 )
             journal = self._journal(path, journal, state=State.RETIRING)
         if journal.state is State.RETIRING:
-            why = self._new_key_unusable(atype, journal)
-            if why is not None:
+            why = self._unusable(atype, journal.new_id, "new")
+            if why is not None and self._unusable(atype, journal.old_id, "old") is None:
                 # Removing the old key now would leave the group nothing to enroll with: give
-                # the rotation up instead, so the sync may serve the old key again.
+                # the rotation up instead, so the sync may serve the old key again. (When the
+                # old key is no use either, it is retired as usual: it is not kept lying around.)
                 self._journal(
                     path,
                     journal,
@@ -833,16 +834,16 @@ class Rotator:
         )
         log.info("rotation: wrote key %s to %s", key.id, path)
 
-    def _new_key_unusable(self, atype: AssociationType, journal: Journal) -> str | None:
-        """Why the new key cannot replace the old one (deleted, disabled, used up), or None."""
+    def _unusable(self, atype: AssociationType, key_id: str, which: str) -> str | None:
+        """Why this key cannot be enrolled with (deleted, disabled, used up), or None."""
         try:
-            new = self.zpa.get_provisioning_key(atype, journal.new_id)
+            key = self.zpa.get_provisioning_key(atype, key_id)
         except ZpaApiError as exc:
             if _not_found(exc):
-                return f"the new key {journal.new_id} was deleted in ZPA"
+                return f"the {which} key {key_id} was deleted in ZPA"
             raise
-        if not new.eligible:
-            return f"the new key {journal.new_id} is disabled or used up in ZPA"
+        if not key.eligible:
+            return f"the {which} key {key_id} is disabled or used up in ZPA"
         return None
 
     def _check_not_served(self, path: str, journal: Journal) -> None:
