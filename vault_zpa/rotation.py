@@ -884,19 +884,23 @@ class Rotator:
 
     def _withdraw(self, path: str, atype: AssociationType, key_id: str, journal: Journal) -> None:
         """Two runs resumed one INTENT at once and both created a key; the journal took the
-        other's. Ours is in no journal and no secret: delete it now (I2, I3). If this fails the
-        key still carries the journaled name, so it is never lost from sight."""
-        raw = self.store.read(journal.where)
-        if raw is not None and raw.data is not None and raw.data.get("new_id") == key_id:
-            return
+        other's. Ours is in no journal and no secret: delete it now (I2, I3). If that fails,
+        the key carries the journaled name only while that rotation is in flight, so the
+        failure is logged as a warning a person must act on."""
         try:
+            raw = self.store.read(journal.where)
+            if raw is not None and raw.data is not None and raw.data.get("new_id") == key_id:
+                return
             self.zpa.delete_provisioning_key(atype, key_id)
             log.warning("rotation: withdrew duplicate key %s of %s (another run won)", key_id, path)
-        except ZpaApiError as exc:
-            if not _not_found(exc):
-                log.warning("rotation: could not withdraw duplicate key %s: %s", key_id, exc)
         except VaultZpaError as exc:
-            log.warning("rotation: could not withdraw duplicate key %s: %s", key_id, exc)
+            if not (isinstance(exc, ZpaApiError) and _not_found(exc)):
+                log.warning(
+                    "rotation: could not withdraw duplicate key %s of %s; delete it in ZPA: %s",
+                    key_id,
+                    path,
+                    exc,
+                )
 
     def _find(
         self, atype: AssociationType, name: str, group_id: str, old_id: str
