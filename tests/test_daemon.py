@@ -24,8 +24,12 @@ def test_first_run_at_start_readiness_and_metrics(
 ) -> None:
     """The first sync runs at start; /readyz says ready and leader; /metrics has every series."""
     d = start_daemon(clean_env(sim.env(), vault.env))
-    wait_for(lambda: d.get("/readyz").status_code == 200, what="ready")
-    ready = d.get("/readyz").json()
+    wait_for(lambda: syncs(d) == 1, what="first run")
+    response = d.get("/readyz")
+    assert response.status_code == 200, response.text
+    ready = response.json()
+    assert ready["ready"] is True
+    assert ready["reason"] is None
     assert ready["role"] == "leader"
     assert ready["vault"] == "ok"
     assert ready["last_sync"]["result"] == "success"
@@ -94,7 +98,8 @@ def test_triggers_during_a_run_queue_exactly_one_follow_up(
 def test_steady_state_run_makes_no_vault_requests_and_full_run_catches_edits(
     sim: ZpaSimulator, vault: Vault, start_daemon: Callable[..., DaemonProc]
 ) -> None:
-    """Warm runs only list ZPA; every Nth run reads Vault back and repairs an edit."""
+    """Warm runs only list ZPA; every Nth run reads Vault back and repairs an edit (on-demand
+    runs that ask for {"full": false} count toward it)."""
     env = clean_env(sim.env(), vault.env, {"VAULT_ZPA_FULL_SYNC_EVERY": "2"})
     d = start_daemon(env, "--no-ha")
     wait_for(lambda: syncs(d) == 1, what="first run")
@@ -120,7 +125,7 @@ def test_steady_state_run_makes_no_vault_requests_and_full_run_catches_edits(
         f"{vault.mount}/zpa/CONNECTOR_GRP/{group}",
         "provisioning_key=edited-behind-our-back",
     )
-    httpx.post(d.url + "/v1/sync")
+    httpx.post(d.url + "/v1/sync", json={"full": False})
     wait_for(lambda: syncs(d) == 2, what="warm run")
     assert vault_calls() == before_vault  # zero Vault requests in the warm run
     assert (
@@ -131,8 +136,8 @@ def test_steady_state_run_makes_no_vault_requests_and_full_run_catches_edits(
     )  # one list request per association type
     edited = vault.kv_get(f"zpa/CONNECTOR_GRP/{group}")["data"]["data"]  # type: ignore[index]
     assert edited["provisioning_key"] == "edited-behind-our-back"  # type: ignore[index]
-    httpx.post(d.url + "/v1/sync")
-    wait_for(lambda: syncs(d) == 3, what="full run")
+    httpx.post(d.url + "/v1/sync", json={"full": False})
+    wait_for(lambda: syncs(d) == 3, what="periodic full run")
     repaired = vault.kv_get(f"zpa/CONNECTOR_GRP/{group}")["data"]["data"]  # type: ignore[index]
     assert repaired["provisioning_key"].startswith("3|")  # type: ignore[index]
     assert d.stop() == 0

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import ROOT, Vault, Wired, clean_env, run_cli
 from vault_zpa import layout
-from vault_zpa.daemon import Daemon, DaemonConfig
+from vault_zpa.daemon.app import Daemon, DaemonConfig
 from vault_zpa.masking import Secret
 from vault_zpa.testing.zpa_simulator import ZpaSimulator
 
@@ -280,11 +280,11 @@ def test_rotate_refuses_a_grace_that_is_not_a_bounded_duration(
     never an internal error and never a queued rotation."""
     d = listener()
     if grace == "NaN":
-        body = b'{"association_type": "CONNECTOR_GRP", "groups": [], "grace": NaN}'
+        body = b'{"all_due": true, "grace": NaN}'
     elif isinstance(grace, int) and not isinstance(grace, bool) and grace > 10**300:
-        body = b'{"association_type": "CONNECTOR_GRP", "groups": [], "grace": 1' + b"0" * 400 + b"}"
+        body = b'{"all_due": true, "grace": 1' + b"0" * 400 + b"}"
     else:
-        body = json.dumps({"association_type": CG, "groups": [], "grace": grace}).encode()
+        body = json.dumps({"all_due": True, "grace": grace}).encode()
     response = httpx.post(
         f"http://127.0.0.1:{d.port}/v1/rotate",
         content=body,
@@ -295,8 +295,7 @@ def test_rotate_refuses_a_grace_that_is_not_a_bounded_duration(
     error = response.json()["error"]
     assert "grace" in error
     assert "\n" not in error
-    assert d._rotate_grace is None
-    assert not d._rotate_requests
+    assert not d.requests.counts()  # nothing queued
 
 
 @pytest.mark.parametrize(("grace", "seconds"), [("1h", 3600.0), (90, 90.0), (0, 0.0)], ids=repr)
@@ -306,14 +305,15 @@ def test_rotate_accepts_a_duration_or_bounded_seconds(
     """A duration string or a finite number of seconds from 0 to 365 days is queued."""
     d = listener()
     seen: list[float | None] = []
-    d.request_rotation = lambda pairs, grace: seen.append(grace)  # type: ignore[method-assign]
     response = httpx.post(
         f"http://127.0.0.1:{d.port}/v1/rotate",
-        json={"association_type": CG, "groups": [], "grace": grace},
+        json={"association_type": CG, "groups": ["any"], "grace": grace, "dry_run": True},
         timeout=5,
     )
     assert response.status_code == 202, response.text
-    assert seen == [seconds]
+    request = d.requests.get(response.json()["id"])
+    assert request is not None
+    assert request["grace"] == seconds
 
 
 def test_rotate_refuses_a_deeply_nested_body_with_400(listener: Callable[..., Daemon]) -> None:

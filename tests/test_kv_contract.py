@@ -38,14 +38,19 @@ def test_absent_path_reads_as_none(store: KvStore) -> None:
 
 
 def test_create_then_read_back(store: KvStore) -> None:
-    """cas=0 creates version 1 with data and custom metadata, read back in one call."""
+    """cas=0 creates version 1 with data and custom metadata, read back in one call; the
+    metadata records the version the write made (`synced_version`)."""
     assert store.write("zpa/T/a", DATA, cas=0, custom_metadata=META) == 1
     got = store.read("zpa/T/a")
     assert got is not None
     assert got.version == 1
     assert dict(got.data or {}) == DATA
-    assert got.custom_metadata == META
+    assert got.custom_metadata == {**META, "synced_version": "1"}
     assert got.managed
+    assert store.write("zpa/T/a", DATA, cas=1, custom_metadata=META) == 2
+    again = store.read("zpa/T/a")
+    assert again is not None
+    assert again.custom_metadata["synced_version"] == "2"
 
 
 def test_check_and_set_refuses_a_stale_version(store: KvStore) -> None:
@@ -99,13 +104,18 @@ def test_metadata_writes_merge_and_remove_only_what_they_name(store: KvStore) ->
     store.write_metadata("zpa/T/a", {"usage_count": "7"}, remove=("managed_by", "not-there"))
     got = store.read("zpa/T/a")
     assert got is not None
-    assert got.custom_metadata == {"usage_count": "7", "owner_team": "netops"}
+    assert got.custom_metadata == {
+        "usage_count": "7",
+        "owner_team": "netops",
+        "synced_version": "1",
+    }
     store.write("zpa/T/a", DATA, cas=1, custom_metadata={"managed_by": "vault-zpa"})
     got = store.read("zpa/T/a")
     assert got is not None
     assert got.custom_metadata == {
         "usage_count": "7",
         "owner_team": "netops",
+        "synced_version": "2",
         "managed_by": "vault-zpa",
     }
 
@@ -156,6 +166,10 @@ def test_a_policy_without_patch_still_merges_metadata(vault: Vault) -> None:
         store.write_metadata("zpa/T/a", {"usage_count": "3"}, remove=("managed_by",))
         meta = vault.metadata("zpa/T/a")
         assert meta["max_versions"] == 50
-        assert meta["custom_metadata"] == {"usage_count": "3", "owner_team": "netops"}
+        assert meta["custom_metadata"] == {
+            "usage_count": "3",
+            "owner_team": "netops",
+            "synced_version": "1",
+        }
     finally:
         store.close()

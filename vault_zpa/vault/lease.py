@@ -57,6 +57,7 @@ class LeaderLease:
         self._renewed_at = 0.0
         self._configured = False
         self.observed_holder: str | None = None
+        self.last_error: str | None = None  # why the last tick could not read or write the lease
 
     def __repr__(self) -> str:
         return f"LeaderLease({self.path!r}, holder={self.holder!r}, version={self._version})"
@@ -103,12 +104,13 @@ class LeaderLease:
             self._configure()
             with self._lock:
                 held = self._version
-            if held is not None:
-                return self._renew(held)
-            return self._try_acquire()
+            leader = self._renew(held) if held is not None else self._try_acquire()
         except VaultError as exc:
             log.warning("leader lease: %s", exc)
+            self.last_error = str(exc)
             return self.is_leader()
+        self.last_error = None
+        return leader
 
     def _write(self, cas: int, holder: str) -> int:
         mount = self.store.mount
