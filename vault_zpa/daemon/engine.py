@@ -162,8 +162,12 @@ class Engine:
             log.error("sync failed: %s", exc)
             self.requests.fail_queued(f"the sync before it failed, so nothing was rotated: {exc}")
         else:
-            self._report(report, full)
-            self._rotate(report)
+            if self._report(report, full) == "error":
+                self.requests.fail_queued(
+                    f"the sync before it failed, so nothing was rotated: {self.state.last_error}"
+                )
+            else:
+                self._rotate(report)
         finally:
             self._observe(self._monotonic() - started)
             logs.clear_run_id()
@@ -182,7 +186,7 @@ class Engine:
             why = f"this replica is a standby (leader: {holder or 'unknown'}); ask the leader"
         self.requests.fail_queued(why)
 
-    def _report(self, report: Report, full: bool) -> None:
+    def _report(self, report: Report, full: bool) -> str:
         listings = report.listings
         if listings and all(listing.error is not None for listing in listings):
             result = "error"
@@ -208,6 +212,7 @@ class Engine:
             log.log(level, "sync %s: %s", result, error, extra=extra)
         else:
             log.log(level, "sync %s", result, extra=extra)
+        return result
 
     def _finish(self, result: str, error: str | None, report: Report | None, full: bool) -> None:
         state = self.state
@@ -236,6 +241,9 @@ class Engine:
             if self.rotation.any_enabled:
                 log.warning("due rotations wait for the next run: %s", why)
             return
+        unlisted_by_type = {
+            x.association_type: x.error for x in report.listings if x.error is not None
+        }
         changed = False
         due_done = False
         later: list[RotateRequest] = []
@@ -243,13 +251,22 @@ class Engine:
             if changed:
                 later.append(request)  # the snapshot is stale now: serve it in a fresh run
                 continue
+            types = {t for t, _ in request.pairs} or set(self.options.association_types)
+            unlisted = [
+                f"the ZPA listing of {t.value} failed: {unlisted_by_type[t]}"
+                for t in sorted(types)
+                if t in unlisted_by_type
+            ]
+            if unlisted and request.pairs:
+                self.requests.fail([request], "; ".join(unlisted) + "; nothing was rotated")
+                continue
             results = self._rotate_pass(
                 report,
                 requested=request.pairs,
                 dry_run=request.dry_run,
                 grace=request.grace,
             )
-            self.requests.finish(request, results)
+            self.requests.finish(request, results, errors=unlisted)
             acted = not request.dry_run and _acted(results)
             changed |= acted
             due_done |= request.all_due and not request.pairs and not request.dry_run
