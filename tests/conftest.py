@@ -194,7 +194,11 @@ def wait_for(check: Callable[[], bool], timeout: float = 20, what: str = "condit
 def start_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProc]]:
     procs: list[DaemonProc] = []
 
-    def start(env: dict[str, str], *args: str, port: int | None = None) -> DaemonProc:
+    def start(
+        env: dict[str, str], *args: str, port: int | None = None, schedule: bool = True
+    ) -> DaemonProc:
+        """A daemon process; `schedule=False` leaves out the test default of
+        `--interval 1h --jitter 0` so env, TOML or the caller's flags decide."""
         port = port or free_port()
         log = tmp_path / f"daemon-{port}.log"
         handle = open(log, "w")  # noqa: SIM115 - closed with the process below
@@ -206,10 +210,7 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProc]]:
                 "daemon",
                 "--listen",
                 f"127.0.0.1:{port}",
-                "--interval",
-                "1h",
-                "--jitter",
-                "0",
+                *(["--interval", "1h", "--jitter", "0"] if schedule else []),
                 *args,
             ],
             env=env,

@@ -17,6 +17,8 @@ import logging
 import signal
 import socket
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -278,32 +280,49 @@ class Daemon:
 
     def _start_http(self) -> None:
         owner = self
-        address = f"{self.config.host}:{self.config.port}"
 
         class BoundHandler(Handler):
             timeout = owner.config.http_timeout  # StreamRequestHandler sets it on the socket
 
         BoundHandler.owner = owner
-        try:
+        with listen_errors(self.config.host, self.config.port):
             self.http = Server(
                 (self.config.host, self.config.port),
                 BoundHandler,
                 max_connections=self.config.max_connections,
             )
-        except socket.gaierror:
-            raise ConfigError(
-                f"cannot listen on {address}: {self.config.host!r} is not an address or a "
-                "resolvable host name",
-                hint="set --listen / VAULT_ZPA_LISTEN to HOST:PORT, e.g. 127.0.0.1:9850",
-            ) from None
-        except OSError as exc:
-            why = {
-                errno.EADDRINUSE: "the port is in use by another process",
-                errno.EADDRNOTAVAIL: "the address is not one of this machine's",
-                errno.EACCES: "permission denied (ports below 1024 need privileges)",
-            }.get(exc.errno or 0, exc.strerror or type(exc).__name__)
-            raise ConfigError(
-                f"cannot listen on {address}: {why}",
-                hint="choose another --listen / VAULT_ZPA_LISTEN address or port",
-            ) from None
         threading.Thread(target=self.http.serve_forever, name="http", daemon=True).start()
+
+
+@contextmanager
+def listen_errors(host: str, port: int) -> Iterator[None]:
+    """A failed bind as one line (exit 2) instead of an OSError."""
+    address = f"{host}:{port}"
+    try:
+        yield
+    except socket.gaierror:
+        raise ConfigError(
+            f"cannot listen on {address}: {host!r} is not an address or a resolvable host name",
+            hint="set --listen / VAULT_ZPA_LISTEN to HOST:PORT, e.g. 127.0.0.1:9850",
+        ) from None
+    except OSError as exc:
+        why = {
+            errno.EADDRINUSE: "the port is in use by another process",
+            errno.EADDRNOTAVAIL: "the address is not one of this machine's",
+            errno.EACCES: "permission denied (ports below 1024 need privileges)",
+        }.get(exc.errno or 0, exc.strerror or type(exc).__name__)
+        raise ConfigError(
+            f"cannot listen on {address}: {why}",
+            hint="choose another --listen / VAULT_ZPA_LISTEN address or port",
+        ) from None
+
+
+def check_listen(host: str, port: int) -> None:
+    """Bind and let go of the listen address before anything else starts, so a port in use
+    fails at once, before a Vault login or a ZPA sign-in."""
+    with listen_errors(host, port):
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(infos[0][4])
