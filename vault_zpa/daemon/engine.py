@@ -98,7 +98,7 @@ class Engine:
         self.state = EngineState()
         self.warm = WarmState()
         self.stopping = threading.Event()
-        self._cycle = 0
+        self._warm_runs = 0
         self._was_leader = False
 
     # ---- leadership ----------------------------------------------------------------------
@@ -140,9 +140,10 @@ class Engine:
         if self.fence() is None:
             self._not_leader()
             return
-        self._cycle += 1
-        periodic = (self._cycle - 1) % self.full_sync_every == 0
+        # At most full_sync_every - 1 warm runs in a row; a full run on demand restarts the count.
+        periodic = self._warm_runs >= self.full_sync_every - 1
         full = full or periodic or not self.warm.usable
+        self._warm_runs = 0 if full else self._warm_runs + 1
         if full:
             self.warm.invalidate()
         logs.new_run_id()
