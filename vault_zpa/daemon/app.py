@@ -245,6 +245,7 @@ class Daemon:
         self,
         pairs: frozenset[tuple[AssociationType, str]],
         *,
+        types: frozenset[AssociationType],
         all_due: bool,
         dry_run: bool,
         grace: float | None,
@@ -254,7 +255,9 @@ class Daemon:
             raise NotLeader(
                 f"this replica is not the leader (leader: {holder or 'unknown'}); ask the leader"
             )
-        request = self.requests.add(pairs, all_due=all_due, dry_run=dry_run, grace=grace)
+        request = self.requests.add(
+            pairs, types=types, all_due=all_due, dry_run=dry_run, grace=grace
+        )
         self.request_sync(full=False)
         return {
             "accepted": True,

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from vault_zpa import logs
 from vault_zpa.daemon.requests import RequestQueue, RotateRequest
 from vault_zpa.errors import VaultZpaError
-from vault_zpa.model import Outcome, Report
+from vault_zpa.model import AssociationType, Outcome, Report
 from vault_zpa.rotation import KeyAdmin, RotationResult, RotationSettings
 from vault_zpa.sync import KeySource, SyncOptions, WarmState, rotate_once, run_once
 from vault_zpa.vault.kv import KvStore
@@ -252,7 +252,7 @@ class Engine:
             if changed:
                 later.append(request)  # the snapshot is stale now: serve it in a fresh run
                 continue
-            types = {t for t, _ in request.pairs} or set(self.options.association_types)
+            types = request.types or frozenset(self.options.association_types)
             unlisted = [
                 f"the ZPA listing of {t.value} failed: {unlisted_by_type[t]}"
                 for t in sorted(types)
@@ -263,6 +263,7 @@ class Engine:
                 continue
             results = self._rotate_pass(
                 report,
+                types=types,
                 requested=request.pairs,
                 dry_run=request.dry_run,
                 grace=request.grace,
@@ -284,6 +285,7 @@ class Engine:
         self,
         report: Report,
         *,
+        types: frozenset[AssociationType] | None = None,
         requested: frozenset[tuple[Any, str]] = frozenset(),
         dry_run: bool = False,
         grace: float | None = None,
@@ -292,7 +294,9 @@ class Engine:
             zpa=self.zpa,
             store=self.store,
             prefix=self.options.prefix,
-            items=[r.item for r in report.results],
+            items=[
+                r.item for r in report.results if types is None or r.item.association_type in types
+            ],
             stored=self.warm.stored,
             journals=self.warm.journals,
             listings=report.listings,

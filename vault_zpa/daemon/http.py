@@ -58,6 +58,7 @@ class Owner(Protocol):
         self,
         pairs: frozenset[tuple[AssociationType, str]],
         *,
+        types: frozenset[AssociationType],
         all_due: bool,
         dry_run: bool,
         grace: float | None,
@@ -118,10 +119,11 @@ def parse_rotate(body: bytes) -> dict[str, Any]:
             raise ValueError(f"{name} must be true or false")
     if bool(groups) == flags["all_due"]:
         raise ValueError("give groups (with association_type) or all_due, not both or neither")
-    if groups and atype not in {t.value for t in AssociationType}:
+    if (groups or atype is not None) and atype not in {t.value for t in AssociationType}:
         raise ValueError("association_type must be CONNECTOR_GRP or SERVICE_EDGE_GRP")
     return {
         "pairs": frozenset((AssociationType(str(atype)), g) for g in groups),
+        "types": frozenset({AssociationType(str(atype))} if atype is not None else ()),
         "all_due": flags["all_due"],
         "dry_run": flags["dry_run"],
         "grace": parse_grace(request.get("grace")),

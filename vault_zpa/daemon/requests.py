@@ -31,6 +31,7 @@ class QueueFull(Exception):
 class RotateRequest:
     id: str
     pairs: frozenset[Pair]
+    types: frozenset[AssociationType] = frozenset()  # empty: every type the daemon syncs
     all_due: bool = False
     dry_run: bool = False
     grace: float | None = None
@@ -47,6 +48,7 @@ class RotateRequest:
             "state": self.state,
             "dry_run": self.dry_run,
             "all_due": self.all_due,
+            "association_types": sorted(t.value for t in self.types),
             "groups": sorted(g for _, g in self.pairs),
             "grace": self.grace,
             "created_at": self.created_at,
@@ -89,6 +91,7 @@ class RequestQueue:
         self,
         pairs: frozenset[Pair],
         *,
+        types: frozenset[AssociationType] = frozenset(),
         all_due: bool = False,
         dry_run: bool = False,
         grace: float | None = None,
@@ -99,6 +102,7 @@ class RequestQueue:
             request = RotateRequest(
                 id=secrets.token_hex(8),
                 pairs=pairs,
+                types=types or frozenset(t for t, _ in pairs),
                 all_due=all_due,
                 dry_run=dry_run,
                 grace=grace,
