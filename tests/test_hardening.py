@@ -304,7 +304,6 @@ def test_rotate_accepts_a_duration_or_bounded_seconds(
 ) -> None:
     """A duration string or a finite number of seconds from 0 to 365 days is queued."""
     d = listener()
-    seen: list[float | None] = []
     response = httpx.post(
         f"http://127.0.0.1:{d.port}/v1/rotate",
         json={"association_type": CG, "groups": ["any"], "grace": grace, "dry_run": True},
