@@ -11,17 +11,27 @@ What it implements (docs/simulator.md has the full list):
   v2 list, v1 get.
 - ZPA error bodies `{"id", "reason"}`; documented rate limits (20 GET / 10 s, 10 writes / 10 s,
   429 `invalid.toomanyrequests` with `retry-after: Ns`), switchable and scalable.
+- the real API's answers of zpa-api.md §12: missing objects 400 `resource.not.found`, 18-digit
+  ids, non-exportable keys without their value, microtenant 0/unset/unknown, group create 201,
+  overload 401 "Resource Access Blocked", 503 `retryable.server.error` with `Retry-After: 10s`,
+  a migrated tenant's non-JSON "only through Zscaler OneAPI"; HTTPS with `tls=True`.
 - fault injection and test controls under `/_sim/` (not part of ZPA): see `Faults` and `_admin`.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import math
+import os
 import random
 import re
 import secrets
+import shlex
+import shutil
+import ssl
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -70,6 +80,11 @@ class Faults:
     listing_omit: str = ""  # comma-separated envelope fields left out of listings
     listing_total_pages: str = ""  # listings announce this totalPages (e.g. "1000000")
     search_strips_unsafe: bool = False  # search values lose characters outside [A-Za-z0-9 _/.-]
+    search_rejects_unsafe: bool = False  # ... or such a search answers 400 bad.request
+    # Real-shaped answers of a loaded ZPA (zpa-api.md §12):
+    overload_401_next: int = 0  # the next N API requests answer 401 "Resource Access Blocked"
+    unavailable_next: int = 0  # the next N answer 503 retryable.server.error + Retry-After
+    unavailable_retry_after: int = 10  # seconds announced by those 503s (ZPA sends "10s")
 
 
 @dataclass
@@ -110,9 +125,26 @@ class ZpaSimulator:
         max_usage: int = 10,
         max_page_size: int = 500,
         faults: Faults | None = None,
+        tls: bool = False,
+        not_found_status: int = 400,
+        key_group_fields: bool = False,
+        migrated: bool = False,
     ) -> None:
         rng = random.Random(seed)
         self.host = host
+        self.tls = tls
+        # Real ZPA answers a missing object with 400 resource.not.found (zpa-api.md §12); 404
+        # is what older readings (and TF/GO's other branch) expect.
+        self.not_found_status = not_found_status
+        # Recent OneAPI recordings carry no appConnectorGroupId/Name on key objects.
+        self.key_group_fields = key_group_fields
+        # A tenant migrated to ZIdentity: legacy API calls answer non-JSON "only through
+        # Zscaler OneAPI" (zpa-api.md §4, §12).
+        self.migrated = migrated
+        self.microtenants: dict[str, dict[str, Any]] = {}
+        self.cert_file: str | None = None  # the self-signed certificate (PEM), with --tls
+        self.ca_bundle: str | None = None  # certifi's CAs plus that certificate
+        self._cert_dir: str | None = None
         self.customer_id = customer_id or str(216196257331281920 + rng.randrange(10**6))
         self.client_id = client_id or f"sim-legacy-{seed}"
         self.client_secret = client_secret or secrets.token_urlsafe(24)
@@ -132,7 +164,8 @@ class ZpaSimulator:
         self._lock = threading.RLock()
         self._windows = {"GET": _Window(), "WRITE": _Window()}
         self._rng = rng
-        self._next_id = 70000 + rng.randrange(1000)
+        # 18-digit ids, as ZPA's (e.g. 216196257331394583), kept as strings everywhere.
+        self._next_id = 216196257331300000 + rng.randrange(10**5) * 1000
         self.groups: dict[str, dict[str, dict[str, Any]]] = {t: {} for t in ASSOCIATION_TYPES}
         self.keys: dict[str, dict[str, dict[str, Any]]] = {t: {} for t in ASSOCIATION_TYPES}
         self.certs: dict[str, dict[str, Any]] = {}
@@ -162,7 +195,7 @@ class ZpaSimulator:
                         max_usage=max_usage,
                         created=BASE_EPOCH + index * 3600 + k * 60,
                     )
-        self._server: ThreadingHTTPServer | None = None
+        self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._port = port
 
@@ -200,6 +233,7 @@ class ZpaSimulator:
             }
             if microtenant_id:
                 group["microtenantId"] = microtenant_id
+                self.add_microtenant(microtenant_id)
             self.groups[association_type][group_id] = group
             return group
 
@@ -219,7 +253,10 @@ class ZpaSimulator:
         created: int | None = None,
         value: str | None = None,
         microtenant_id: str | None = None,
+        exportable: bool = True,
     ) -> dict[str, Any]:
+        """A key; with `exportable=False` its value is kept (enrollments still work) but
+        hidden from GET answers, as ZPA does (zpa-api.md §12)."""
         with self._lock:
             key_id = self._new_id()
             when = str(created if created is not None else int(time.time()))
@@ -233,7 +270,7 @@ class ZpaSimulator:
                 "maxUsage": str(max_usage),
                 "zcomponentId": group_id,
                 "enabled": enabled,
-                "exportable": True,
+                "exportable": exportable,
                 "readOnly": False,
                 "zscalerManaged": False,
                 "enrollmentCertId": self.cert_id(association_type),
@@ -243,8 +280,22 @@ class ZpaSimulator:
             tenant = microtenant_id or group.get("microtenantId")
             if tenant:
                 key["microtenantId"] = tenant
+                self.add_microtenant(tenant)
             self.keys[association_type][key_id] = key
             return key
+
+    def add_microtenant(self, microtenant_id: str, name: str = "") -> dict[str, Any]:
+        """Make a microtenant known (groups and keys seeded in one register it too): only
+        known ids (and "0", the default one) are accepted as `microtenantId`."""
+        with self._lock:
+            return self.microtenants.setdefault(
+                microtenant_id,
+                {
+                    "id": microtenant_id,
+                    "name": name or f"microtenant-{microtenant_id}",
+                    "enabled": True,
+                },
+            )
 
     def patch_key(
         self,
@@ -315,16 +366,39 @@ class ZpaSimulator:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
-    def env(self) -> dict[str, str]:
-        """Environment variables a legacy-mode client needs to talk to this simulator."""
-        return {
-            "ZPA_BASE_URL": self.url,
-            "ZPA_CLIENT_ID": self.client_id,
-            "ZPA_CLIENT_SECRET": self.client_secret,
-            "ZPA_CUSTOMER_ID": self.customer_id,
-        }
+    def env(self, kind: str = "legacy") -> dict[str, str]:
+        """Environment variables a client of one credential kind ("legacy" API key or
+        "oneapi" client credentials) needs to reach this simulator, and with TLS its CA."""
+        env: dict[str, str] = {"ZPA_BASE_URL": self.url}
+        if kind == "legacy":
+            env.update(
+                ZPA_CLIENT_ID=self.client_id,
+                ZPA_CLIENT_SECRET=self.client_secret,
+                ZPA_CUSTOMER_ID=self.customer_id,
+            )
+        elif kind == "oneapi":
+            env.update(
+                ZSCALER_CLIENT_ID=self.oneapi_client_id,
+                ZSCALER_CLIENT_SECRET=self.oneapi_client_secret,
+                ZPA_CUSTOMER_ID=self.customer_id,
+                # The simulator is its own ZIdentity: vault-zpa's token URL override.
+                VAULT_ZPA_ZPA_TOKEN_URL=f"{self.url}/oauth2/v1/token",
+            )
+        else:
+            raise ValueError(f"unknown credential kind {kind!r} (legacy or oneapi)")
+        if self.ca_bundle:
+            # A bundle of certifi's CAs plus ours: a shell that sources these lines still
+            # trusts public CAs (requests replaces its CAs with REQUESTS_CA_BUNDLE).
+            env["SSL_CERT_FILE"] = self.ca_bundle
+            env["REQUESTS_CA_BUNDLE"] = self.ca_bundle
+        return env
+
+    def shell_lines(self, kind: str = "legacy") -> list[str]:
+        """`export NAME=value` lines (values shell-quoted) for `eval` or `.`."""
+        return [f"export {name}={shlex.quote(value)}" for name, value in self.env(kind).items()]
 
     def start(self) -> ZpaSimulator:
         simulator = self
@@ -332,8 +406,20 @@ class ZpaSimulator:
         class Handler(_Handler):
             sim = simulator
 
-        self._server = ThreadingHTTPServer((self.host, self._port), Handler)
-        self._server.daemon_threads = True
+        self._server = _Server((self.host, self._port), Handler)
+        if self.tls:
+            self._cert_dir = tempfile.mkdtemp(prefix="zpa-simulator-tls-")
+            self.cert_file, key_file = write_self_signed(self.host, self._cert_dir)
+            self.ca_bundle = os.path.join(self._cert_dir, "ca-bundle.pem")
+            _write_bundle(self.ca_bundle, self.cert_file)
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            context.load_cert_chain(self.cert_file, key_file)
+            # The handshake runs in the handler's thread, not in accept(): one stalled client
+            # cannot block the listener.
+            self._server.socket = context.wrap_socket(
+                self._server.socket, server_side=True, do_handshake_on_connect=False
+            )
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="zpa-simulator", daemon=True
         )
@@ -345,6 +431,9 @@ class ZpaSimulator:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        if self._cert_dir is not None:
+            shutil.rmtree(self._cert_dir, ignore_errors=True)
+            self._cert_dir = None
 
     def serve_forever(self) -> None:
         """Block until interrupted (the `vault-zpa simulator` command)."""
@@ -422,6 +511,190 @@ class ZpaSimulator:
             return None
 
 
+def write_self_signed(host: str, directory: str) -> tuple[str, str]:
+    """A self-signed certificate for loopback (`host`, 127.0.0.1, ::1, localhost), valid for
+    30 days, and its private key: written to `directory` as cert.pem and key.pem (0600)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vault-zpa ZPA simulator")])
+    sans: list[x509.GeneralName] = [
+        x509.DNSName("localhost"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        x509.IPAddress(ipaddress.ip_address("::1")),
+    ]
+    try:
+        extra: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        extra = x509.DNSName(host)
+    if extra not in sans:
+        sans.append(extra)
+    now = datetime.datetime.now(datetime.UTC)
+    public = key.public_key()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(public)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        # A self-signed trust anchor that also serves: the extensions strict verifiers
+        # (Python 3.13's VERIFY_X509_STRICT) insist on.
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(public), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file = os.path.join(directory, "cert.pem")
+    key_file = os.path.join(directory, "key.pem")
+    with open(cert_file, "wb") as out:
+        out.write(cert.public_bytes(serialization.Encoding.PEM))
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    return cert_file, key_file
+
+
+def _write_bundle(path: str, cert_file: str) -> None:
+    import certifi
+
+    with open(path, "w", encoding="ascii") as out:
+        with open(certifi.where(), encoding="ascii") as public:
+            out.write(public.read())
+        with open(cert_file, encoding="ascii") as ours:
+            out.write("\n# vault-zpa ZPA simulator (self-signed)\n" + ours.read())
+
+
+def write_env_file(path: str, lines: list[str]) -> None:
+    """Write shell lines to `path` atomically (a temp file in the same directory, renamed over
+    it), mode 0600: a reader sees no file or the whole file, never a partial one."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".zpa-simulator-env-", dir=directory)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write("".join(f"{line}\n" for line in lines))
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def remove_env_file(path: str, lines: list[str]) -> None:
+    """Remove the env file on exit if it still holds what this run wrote."""
+    with contextlib.suppress(OSError):
+        with open(path, encoding="utf-8") as current:
+            if current.read() != "".join(f"{line}\n" for line in lines):
+                return
+        os.unlink(path)
+
+
+def serve_until_signalled(sim: ZpaSimulator) -> None:
+    """Serve until SIGINT or SIGTERM (`kill`), then return so the caller cleans up."""
+    import signal
+
+    stop = threading.Event()
+    previous = {
+        signum: signal.signal(signum, lambda *_: stop.set())
+        for signum in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def serve_detached(
+    start: Callable[[], ZpaSimulator], *, kind: str, env_file: str | None = None
+) -> str:
+    """Start the simulator in a forked, detached process and return its shell lines (plus
+    `export VAULT_ZPA_SIMULATOR_PID=N`) once it accepts connections. The child lets go of
+    the caller's stdout and stderr, so `eval "$(vault-zpa simulator --background)"` returns.
+    Raises RuntimeError with the child's reason if it could not start."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: serve
+        status = 1
+        try:
+            os.close(read_end)
+            os.setsid()
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(devnull, fd)
+            os.close(devnull)
+            try:
+                sim = start()
+            except OSError as exc:
+                os.write(write_end, f"!cannot listen: {exc.strerror}".encode())
+                os.close(write_end)
+                os._exit(1)
+            lines = [*sim.shell_lines(kind), f"export VAULT_ZPA_SIMULATOR_PID={os.getpid()}"]
+            try:
+                if env_file:
+                    write_env_file(env_file, lines)
+                os.write(write_end, "".join(f"{line}\n" for line in lines).encode())
+                os.close(write_end)
+                serve_until_signalled(sim)
+                status = 0
+            finally:
+                sim.stop()
+                if env_file:
+                    remove_env_file(env_file, lines)
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    chunks = []
+    while chunk := os.read(read_end, 65536):
+        chunks.append(chunk)
+    os.close(read_end)
+    text = b"".join(chunks).decode()
+    if not text or text.startswith("!"):
+        os.waitpid(pid, 0)
+        raise RuntimeError(text[1:] or "the simulator exited before it listened")
+    return text
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        return  # a client that hangs up or fails the TLS handshake is not our error
+
+
 class _Reply(Exception):
     def __init__(self, status: int, body: Any = None, headers: dict[str, str] | None = None):
         super().__init__(status)
@@ -439,6 +712,27 @@ def _error(status: int, zid: str, reason: str, **headers: str) -> _Reply:
     return _Reply(status, {"id": zid, "reason": reason}, headers)
 
 
+def _too_many(retry_after: int) -> _Reply:
+    """ZPA's 429, as recorded (zpa-api.md §6): `exception`, `id`, `reason`, `retry-after: Ns`."""
+    return _Reply(
+        429,
+        {
+            "exception": "invalid.toomanyrequests",
+            "id": "invalid.toomanyrequests",
+            "reason": "Exceeded the number of requests allowed.",
+        },
+        {"retry-after": f"{retry_after}s"},
+    )
+
+
+def _not_found(sim: ZpaSimulator, what: str) -> _Reply:
+    return _error(sim.not_found_status, "resource.not.found", f"{what} not found")
+
+
+# What a tenant migrated to ZIdentity answers legacy API calls with: not JSON (GO errorx).
+ONEAPI_ONLY = "This API endpoint can be accessed only through Zscaler OneAPI"
+
+
 class _Handler(BaseHTTPRequestHandler):
     sim: ZpaSimulator
     protocol_version = "HTTP/1.1"
@@ -446,6 +740,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         return  # quiet: tests read stats, not access logs
+
+    def setup(self) -> None:
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.settimeout(30)  # a client that never finishes the handshake
+            self.request.do_handshake()
+            self.request.settimeout(None)
+        super().setup()
 
     def do_GET(self) -> None:
         self._handle("GET")
@@ -480,14 +781,17 @@ class _Handler(BaseHTTPRequestHandler):
             return
         except _Reply as reply:
             self._count(method, endpoint, str(reply.status))
-            body = b"" if reply.body is None else json.dumps(reply.body).encode()
+            if isinstance(reply.body, bytes):  # a non-JSON answer; its type is in headers
+                body = reply.body
+            else:
+                body = b"" if reply.body is None else json.dumps(reply.body).encode()
             if reply.malformed and reply.status == 200:
                 body = body[: max(1, len(body) // 2)]
             try:
                 self.send_response(reply.status)
                 for name, value in reply.headers.items():
                     self.send_header(name, value)
-                if body:
+                if body and "Content-Type" not in reply.headers:
                     self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -545,21 +849,28 @@ def _route(
         raise _error(401, "authn.invalid.token", "Invalid or expired token")
     if customer != sim.customer_id:
         raise _error(403, "authz.customer.mismatch", "Customer id does not match the token")
+    if sim.migrated and not oneapi:
+        raise _Reply(403, ONEAPI_ONLY.encode(), {"Content-Type": "text/html"})
     endpoint = _endpoint_name(rest)
     atype = rest[1] if rest[:1] == ["associationType"] and len(rest) > 1 else ""
     malformed = _inject(sim, method, query, atype)
     retry = sim.take_rate(method)
     if retry is not None:
-        raise _error(
-            429,
-            "invalid.toomanyrequests",
-            "Exceeded the number of requests allowed.",
-            **{"retry-after": f"{retry}s"},
-        )
+        raise _too_many(retry)
     if sim.faults.latency:
         time.sleep(sim.faults.latency)
     try:
         tenant = query.get("microtenantId") or None
+        if tenant is not None and tenant != "0" and tenant not in sim.microtenants:
+            # An unknown microtenant is an error, never an empty tenant (zpa-api.md §12).
+            raise _error(400, "bad.request", f"Invalid microtenant id {tenant}")
+        if version == "v1" and rest[0] == "microtenants" and method == "GET":
+            if len(rest) == 1:
+                raise _Reply(200, _page(list(sim.microtenants.values()), query))
+            found = sim.microtenants.get(rest[1]) if len(rest) == 2 else None
+            if found is None:
+                raise _not_found(sim, f"Microtenant {rest[1]}")
+            raise _Reply(200, found)
         if rest[:1] == ["associationType"] and len(rest) >= 3 and rest[2] == "provisioningKey":
             _keys(sim, method, version, atype, rest[3:], query, raw, tenant)
         if version == "v1" and rest[0] in GROUP_KINDS:
@@ -571,7 +882,7 @@ def _route(
             if version == "v1" and len(rest) == 2 and method == "GET":
                 cert = sim.certs.get(rest[1])
                 if cert is None:
-                    raise _error(404, "resource.not.found", "Enrollment certificate not found")
+                    raise _not_found(sim, f"Enrollment certificate {rest[1]}")
                 raise _Reply(200, cert)
         raise _error(404, "resource.not.found", f"No such endpoint: {method} {endpoint}")
     except _Reply as reply:
@@ -610,19 +921,29 @@ def _inject(sim: ZpaSimulator, method: str, query: dict[str, str], atype: str) -
         if f.storm_429 > 0:
             f.storm_429 -= 1
             sim.stats.rate_limited += 1
+            raise _too_many(f.retry_after)
+        if f.overload_401_next > 0:
+            # GO notes this 401 arrives instead of a 429 under load (zpa-api.md §12); the body's
+            # exact shape is not recorded, its words are.
+            f.overload_401_next -= 1
+            sim.stats.rate_limited += 1
+            raise _error(401, "resource.access.blocked", "Resource Access Blocked")
+        if f.unavailable_next > 0:
+            f.unavailable_next -= 1
             raise _error(
-                429,
-                "invalid.toomanyrequests",
-                "Exceeded the number of requests allowed.",
-                **{"retry-after": f"{f.retry_after}s"},
+                503,
+                "retryable.server.error",
+                "Service temporarily unavailable, retry later",
+                **{"Retry-After": f"{f.unavailable_retry_after}s"},
             )
+        failure_id = "retryable.server.error" if f.error_status == 503 else "server.error"
         if f.fail_next > 0:
             f.fail_next -= 1
-            raise _error(f.error_status, "server.error", "Injected failure")
+            raise _error(f.error_status, failure_id, "Injected failure")
         if f.error_rate and sim._rng.random() < f.error_rate:
-            raise _error(f.error_status, "server.error", "Injected failure")
+            raise _error(f.error_status, failure_id, "Injected failure")
         if f.fail_page and method == "GET" and query.get("page") == str(f.fail_page):
-            raise _error(f.error_status, "server.error", f"Injected failure on page {f.fail_page}")
+            raise _error(f.error_status, failure_id, f"Injected failure on page {f.fail_page}")
         malformed = f.malformed_next > 0 or bool(
             f.malformed_rate and sim._rng.random() < f.malformed_rate
         )
@@ -664,6 +985,7 @@ def _page(
     query: dict[str, str],
     max_size: int = 500,
     strip_unsafe: bool = False,
+    reject_unsafe: bool = False,
 ) -> dict[str, Any]:
     try:
         page = max(1, int(query.get("page", "1")))
@@ -672,7 +994,7 @@ def _page(
         raise _error(400, "bad.request", "page and pagesize must be numbers") from None
     search = query.get("search")
     if search:
-        items = _search(items, search, strip_unsafe)
+        items = _search(items, search, strip_unsafe, reject_unsafe)
     items = sorted(items, key=lambda i: int(i["id"]))
     total = len(items)
     pages = math.ceil(total / size)
@@ -681,12 +1003,18 @@ def _page(
 
 
 def _search(
-    items: list[dict[str, Any]], expression: str, strip_unsafe: bool = False
+    items: list[dict[str, Any]],
+    expression: str,
+    strip_unsafe: bool = False,
+    reject_unsafe: bool = False,
 ) -> list[dict[str, Any]]:
-    parts = expression.split("+", 2)
+    # `name+EQ+x` and the HELP page's space-separated `maxUsage EQ 2` (zpa-api.md §12).
+    parts = re.split(r"[+ ]", expression, maxsplit=2)
     if len(parts) != 3:
         raise _error(400, "bad.request", "search must be <field>+<OP>+<value>")
     name, op, value = parts
+    if reject_unsafe and re.search(r"[^A-Za-z0-9 _/.-]", value):
+        raise _error(400, "bad.request", "Invalid characters in the search value")
     if strip_unsafe:
         # What GO does to plain values, and what zpa-api.md §12 warns the server may do.
         value = re.sub(r"[^A-Za-z0-9 _/.-]", "", value)
@@ -737,7 +1065,13 @@ def _keys(
                 faults.empty_listing_next -= 1
                 raise _Reply(200, {})
             items = [_key_view(sim, atype, k) for k in store.values() if _visible(k, tenant)]
-            body = _page(items, query, sim.max_page_size, faults.search_strips_unsafe)
+            body = _page(
+                items,
+                query,
+                sim.max_page_size,
+                faults.search_strips_unsafe,
+                faults.search_rejects_unsafe,
+            )
             first_page = query.get("page", "1") == "1" and int(body["totalPages"]) > 1
             if faults.change_between_pages and first_page:
                 first_group = next(iter(sim.groups[atype]))
@@ -765,7 +1099,7 @@ def _keys(
             raise _error(404, "resource.not.found", "No such endpoint")
         key = store.get(rest[0])
         if key is None or not _visible(key, tenant):
-            raise _error(404, "resource.not.found", f"Provisioning key {rest[0]} not found")
+            raise _not_found(sim, f"Provisioning key {rest[0]}")
         if method == "GET":
             raise _Reply(200, _key_view(sim, atype, key))
         if method == "PUT":
@@ -787,9 +1121,11 @@ def _key_view(sim: ZpaSimulator, atype: str, key: dict[str, Any]) -> dict[str, A
     view = dict(key)
     view["zcomponentName"] = group.get("name", "")
     view["enrollmentCertName"] = cert.get("name", "")
-    if atype == "CONNECTOR_GRP":
+    if sim.key_group_fields and atype == "CONNECTOR_GRP":
         view["appConnectorGroupId"] = key["zcomponentId"]
         view["appConnectorGroupName"] = group.get("name", "")
+    if view.get("exportable") is False:
+        view.pop("provisioningKey", None)  # hidden in GET answers (zpa-api.md §12)
     return view
 
 
@@ -820,6 +1156,7 @@ def _create_key(
         max_usage=max_usage,
         enabled=bool(body.get("enabled", True)),
         microtenant_id=body.get("microtenantId") or tenant,
+        exportable=body.get("exportable", True) is not False,
     )
     key["enrollmentCertId"] = cert_id
     # The real create response lacks zcomponentName and enrollmentCertName (zpa-api.md §2).
@@ -851,12 +1188,12 @@ def _groups(
                 microtenant_id=body.get("microtenantId") or tenant,
                 enabled=bool(body.get("enabled", True)),
             )
-            raise _Reply(200, group)
+            raise _Reply(201, group)  # groups answer 201 (keys 200), zpa-api.md §12
         if len(rest) != 1:
             raise _error(404, "resource.not.found", "No such endpoint")
         found = store.get(rest[0])
         if found is None or not _visible(found, tenant):
-            raise _error(404, "resource.not.found", f"Group {rest[0]} not found")
+            raise _not_found(sim, f"Group {rest[0]}")
         group = found
         if method == "GET":
             raise _Reply(200, group)
@@ -919,6 +1256,26 @@ def _admin(sim: ZpaSimulator, method: str, path: str, raw: bytes) -> None:
         except KeyError:
             raise _error(404, "resource.not.found", "no such key") from None
         raise _Reply(200, dict(key))
+    if path == "/_sim/tenant" and method == "POST":
+        body = _json_body(raw)
+        with sim._lock:
+            if "migrated" in body:
+                sim.migrated = bool(body["migrated"])
+            if "not_found_status" in body:
+                sim.not_found_status = int(body["not_found_status"])
+            if "key_group_fields" in body:
+                sim.key_group_fields = bool(body["key_group_fields"])
+            state = {
+                "migrated": sim.migrated,
+                "not_found_status": sim.not_found_status,
+                "key_group_fields": sim.key_group_fields,
+            }
+        raise _Reply(200, state)
+    if path == "/_sim/microtenant" and method == "POST":
+        body = _json_body(raw)
+        if not isinstance(body.get("id"), str) or not body["id"]:
+            raise _error(400, "bad.request", "id (a string) is required")
+        raise _Reply(200, sim.add_microtenant(body["id"], str(body.get("name") or "")))
     if path == "/_sim/expire-tokens" and method == "POST":
         sim.expire_tokens()
         raise _Reply(204)

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 import httpx
 
 from vault_zpa.errors import (
+    ConfigError,
     ListingInconsistent,
     ZpaApiError,
     ZpaAuthError,
@@ -127,6 +128,11 @@ class ZpaClient:
         self._max_items = max_items
         self._token: Token | None = None
         self._token_lock = threading.Lock()
+        self._customer_id = customer_id
+        # ZPA_MICROTENANT_ID other than 0 (the default one) is looked up once before the first
+        # call: an unknown id must be an error, not a tenant that looks empty (zpa-api.md §12).
+        self._tenant_checked = microtenant_id in (None, "", "0")
+        self._tenant_lock = threading.Lock()
         self.stats = ZpaStats()
 
     def __repr__(self) -> str:
@@ -250,7 +256,8 @@ class ZpaClient:
         )
 
     def delete_provisioning_key(self, association_type: AssociationType, key_id: str) -> None:
-        """DELETE /associationType/{type}/provisioningKey/{id} (204; a 404 counts as done)."""
+        """DELETE /associationType/{type}/provisioningKey/{id} (204). A key already gone counts
+        as done: 404, or 400 `resource.not.found` as real ZPA answers (zpa-api.md §12)."""
         try:
             self._call(
                 "DELETE",
@@ -258,8 +265,35 @@ class ZpaClient:
                 f"delete {association_type.value} provisioning key {key_id}",
             )
         except ZpaApiError as exc:
-            if exc.status != 404:
+            if not is_not_found(exc):
                 raise
+
+    def check_microtenant(self) -> None:
+        """GET /microtenants/{id}, once: ZPA_MICROTENANT_ID must name a microtenant of this
+        customer. Only a definite not-found is an error; an API client that may not read
+        microtenants (403, ...) is let through, its calls are scoped all the same."""
+        if self._tenant_checked:
+            return
+        with self._tenant_lock:
+            if self._tenant_checked:
+                return
+            tenant = self.microtenant_id or ""
+            try:
+                self._call(
+                    "GET",
+                    f"{self._v1}/microtenants/{tenant}",
+                    f"get microtenant {tenant}",
+                    scoped=False,
+                )
+            except ZpaApiError as exc:
+                if is_not_found(exc):
+                    raise ConfigError(
+                        f"ZPA_MICROTENANT_ID={tenant[:40]!r} is not a microtenant of ZPA "
+                        f"customer {self._customer_id}",
+                        hint="use 0 for the default microtenant, or unset it for all of them",
+                    ) from None
+                log.debug("microtenant %s could not be checked: %s", tenant, exc)
+            self._tenant_checked = True
 
     # ---- lookups ----------------------------------------------------------------------
 
@@ -396,11 +430,17 @@ class ZpaClient:
         json_body: Any = None,
         want_json: bool = False,
         idempotent: bool = True,
+        scoped: bool = True,
     ) -> httpx.Response:
         """One logical call with retries. With `idempotent=False` (a create) nothing is resent
-        once ZPA may have received it: that ends in ZpaOutcomeUnknown instead."""
+        once ZPA may have received it: that ends in ZpaOutcomeUnknown instead.
+
+        Rate limiting: a 429, and a 401 "Resource Access Blocked" (ZPA's overload answer,
+        zpa-api.md §12) once the token has been refreshed, wait for `Retry-After` (else the
+        backoff) and are retried within the budget; so is a 5xx, honouring its Retry-After."""
         policy = self._retry
-        if self.microtenant_id:
+        if scoped and self.microtenant_id:
+            self.check_microtenant()
             params = {**(params or {}), "microtenantId": self.microtenant_id}
         deadline = self._clock() + policy.budget
         limiter = self._get_limiter if method == "GET" else self._write_limiter
@@ -423,6 +463,7 @@ class ZpaClient:
                 response = self._http.send(request)
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 self.stats.requests[(method, endpoint, "error")] += 1
+                _raise_if_tls(exc, url)
                 if not idempotent and not _never_sent(exc):
                     raise ZpaOutcomeUnknown(
                         f"ZPA {what}: {type(exc).__name__} after the request was sent to "
@@ -437,6 +478,9 @@ class ZpaClient:
             else:
                 status = response.status_code
                 self.stats.requests[(method, endpoint, str(status))] += 1
+                if status >= 300:
+                    _raise_if_oneapi_only(response)
+                overloaded = status == 401 and _overloaded(response)
                 if status < 300:
                     if not want_json or _json_ok(response):
                         return response
@@ -455,14 +499,15 @@ class ZpaClient:
                         self._token = None
                     attempt -= 1  # a re-login is not a retry of the call itself
                     continue
-                elif status == 401:
+                elif status == 401 and not overloaded:
                     raise ZpaAuthError(
                         f"ZPA {what}: token rejected again right after a fresh sign-in",
                         hint="the API client may lack the ZPA role or be for another tenant",
                     )
                 else:
                     zid, reason = _error_body(response)
-                    error_cls = ZpaRateLimited if status == 429 else ZpaApiError
+                    limited = status == 429 or overloaded
+                    error_cls = ZpaRateLimited if limited else ZpaApiError
                     failure = error_cls(
                         endpoint=f"{method} {_path(url)}",
                         status=status,
@@ -470,9 +515,9 @@ class ZpaClient:
                         reason=reason,
                         attempts=attempt,
                     )
-                    if status == 429:
+                    retry_after = parse_retry_after(response.headers.get("retry-after"))
+                    if limited:
                         self.stats.rate_limited += 1
-                        retry_after = parse_retry_after(response.headers.get("retry-after"))
                         wait = retry_after if retry_after is not None else self._backoff(attempt)
                         wait += self._rng.uniform(0.1, 1.0)
                         limiter.penalise(wait)
@@ -490,8 +535,11 @@ class ZpaClient:
                         or (status == 400 and zid in RETRYABLE_400_IDS)
                     ):
                         # 409/412 and the concurrency 400s are refusals: nothing was done, so
-                        # even a create may be sent again.
+                        # even a create may be sent again. A 503 says when to come back
+                        # (`Retry-After: 10s`, zpa-api.md §12): no sooner than that.
                         wait = self._backoff(attempt)
+                        if retry_after is not None:
+                            wait = max(wait, retry_after + self._rng.uniform(0.1, 1.0))
                     else:
                         raise failure
             if attempt >= policy.max_attempts or self._clock() + wait > deadline:
@@ -520,23 +568,35 @@ class ZpaClient:
         while True:
             attempt += 1
             self.stats.limiter_wait += self._write_limiter.acquire()
+            wait = None
             try:
                 response = self._http.send(self._auth.request())
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 self.stats.requests[("POST", "auth", "error")] += 1
+                _raise_if_tls(exc, str(exc.request.url))
                 failure: Exception = ZpaUnavailable(
                     f"ZPA sign-in ({self._auth.describe}) at {_host(str(exc.request.url))}: "
                     f"{type(exc).__name__}",
                     hint="check network access to the ZPA API and the cloud setting",
                 )
             else:
-                self.stats.requests[("POST", "auth", str(response.status_code))] += 1
-                if response.status_code < 500 and response.status_code != 429:
+                status = response.status_code
+                self.stats.requests[("POST", "auth", str(status))] += 1
+                if status >= 300:
+                    _raise_if_oneapi_only(response)
+                overloaded = status == 401 and _overloaded(response)
+                if status < 500 and status != 429 and not overloaded:
                     return self._auth.parse(response, self._clock())
                 failure = ZpaAuthError(
-                    f"ZPA sign-in ({self._auth.describe}) answered HTTP {response.status_code}"
+                    f"ZPA sign-in ({self._auth.describe}) answered HTTP {status}"
+                    + (" (Resource Access Blocked: overloaded)" if overloaded else "")
                 )
-            wait = self._backoff(attempt)
+                if status == 429 or overloaded:
+                    self.stats.rate_limited += 1
+                retry_after = parse_retry_after(response.headers.get("retry-after"))
+                if retry_after is not None:
+                    wait = max(self._backoff(attempt), retry_after + self._rng.uniform(0.1, 1.0))
+            wait = wait if wait is not None else self._backoff(attempt)
             if attempt >= self._retry.max_attempts or self._clock() + wait > deadline:
                 raise failure
             self.stats.retries += 1
@@ -747,6 +807,50 @@ def _check_shape(
     if (total is not None and pages != implied) or pages > implied:
         raise bad(f"totalPages {pages} does not fit totalCount {total} at {first} entries per page")
     return first
+
+
+def is_not_found(exc: ZpaApiError) -> bool:
+    """ZPA's missing object: 404, or 400 with id `resource.not.found` as real ZPA answers
+    (zpa-api.md §12; GO and crossplane treat both as not-found)."""
+    return exc.status == 404 or (exc.status == 400 and exc.zpa_id == "resource.not.found")
+
+
+def _overloaded(response: httpx.Response) -> bool:
+    """A 401 that says "Resource Access Blocked": ZPA's answer under load instead of a 429
+    (GO errorx, zpa-api.md §12), not a rejected token."""
+    return "resource access blocked" in response.text[:2000].lower()
+
+
+def _raise_if_oneapi_only(response: httpx.Response) -> None:
+    """A tenant migrated to ZIdentity answers legacy calls with non-JSON "... only through
+    Zscaler OneAPI" (GO maps it to ONLY_ONEAPI_SUPPORTED): configuration, not an outage."""
+    if "json" in response.headers.get("content-type", "").lower():
+        return
+    if "only through zscaler oneapi" in response.text[:2000].lower():
+        raise ConfigError(
+            f"ZPA at {response.request.url.host} accepts this tenant's API calls only through "
+            "Zscaler OneAPI (the tenant was migrated to ZIdentity)",
+            hint="use OneAPI credentials: ZSCALER_CLIENT_ID, ZSCALER_CLIENT_SECRET (or "
+            "ZSCALER_PRIVATE_KEY) and ZSCALER_VANITY_DOMAIN, instead of ZPA_CLIENT_ID",
+        )
+
+
+def _raise_if_tls(exc: Exception, url: str) -> None:
+    """A certificate ZPA's address does not verify against, or https to a plain-http port:
+    no retry helps, the configuration must change."""
+    text = str(exc)
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        found = re.search(r"certificate verify failed: ([^(\]]+)", text)
+        detail = found.group(1).strip()[:120] if found else "verification failed"
+        raise ConfigError(
+            f"ZPA at {_host(url)}: TLS certificate not trusted ({detail})",
+            hint="set SSL_CERT_FILE to a CA bundle that holds its CA (the simulator prints one)",
+        )
+    if "WRONG_VERSION_NUMBER" in text or "RECORD_LAYER_FAILURE" in text:
+        raise ConfigError(
+            f"ZPA at {_host(url)}: the server does not speak TLS on that port",
+            hint="check ZPA_BASE_URL: https:// to a plain-http listener?",
+        )
 
 
 def _never_sent(exc: Exception) -> bool:

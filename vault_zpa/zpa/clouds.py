@@ -21,6 +21,8 @@ LEGACY_BASE_URLS: Final[dict[str, str]] = {
 }
 # Terraform docs spell PREVIEW as ZSPREVIEW; accept both.
 LEGACY_ALIASES: Final[dict[str, str]] = {"ZSPREVIEW": "PREVIEW", "": "PRODUCTION"}
+# The OneAPI clouds with documented hosts (zpa-api.md §5; ANS accepts exactly these).
+ONEAPI_CLOUDS: Final = ("production", "beta", "gov", "govus")
 DEV_TOKEN_URL: Final = (
     "https://authn1.dev.zpath.net/authn/v1/oauth/token?grant_type=CLIENT_CREDENTIALS"
 )
@@ -40,7 +42,15 @@ def legacy_base_url(cloud: str) -> str:
 
 def oneapi_urls(cloud: str, vanity_domain: str) -> tuple[str, str]:
     """(token URL, API base URL) for a OneAPI cloud and vanity domain."""
-    key = cloud.strip().lower()
+    key = cloud.strip().lower() or "production"
+    if key not in ONEAPI_CLOUDS:
+        # GO would build zslogin<anything>.net, a host that does not exist for a typo such as
+        # `prod`: every call would then wait on DNS and connection timeouts (issue 17).
+        raise ConfigError(
+            f"ZSCALER_CLOUD={cloud!r} is not a known OneAPI cloud",
+            hint=f"use one of {', '.join(ONEAPI_CLOUDS)}, or set VAULT_ZPA_ZPA_TOKEN_URL and "
+            "ZPA_BASE_URL for another one",
+        )
     if not vanity_domain:
         raise ConfigError(
             "ZSCALER_VANITY_DOMAIN is required for OneAPI authentication",
@@ -48,7 +58,7 @@ def oneapi_urls(cloud: str, vanity_domain: str) -> tuple[str, str]:
         )
     if not all(c.isalnum() or c in "-" for c in vanity_domain):
         raise ConfigError(f"ZSCALER_VANITY_DOMAIN={vanity_domain!r} is not a valid host label")
-    if key in ("", "production"):
+    if key == "production":
         return (f"https://{vanity_domain}.zslogin.net/oauth2/v1/token", "https://api.zsapi.net")
     if key == "gov":
         return (
@@ -59,11 +69,6 @@ def oneapi_urls(cloud: str, vanity_domain: str) -> tuple[str, str]:
         return (
             f"https://{vanity_domain}.zidentitygov.us/oauth2/v1/token",
             "https://api.zscalergov.us",
-        )
-    if not key.isalnum():
-        raise ConfigError(
-            f"ZSCALER_CLOUD={cloud!r} is not a valid cloud name",
-            hint="use production, beta, gov, govus or another cloud name of letters and digits",
         )
     return (
         f"https://{vanity_domain}.zslogin{key}.net/oauth2/v1/token",
