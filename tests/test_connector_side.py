@@ -148,7 +148,7 @@ def test_connector_policy_reads_its_own_group_only(
         str(tmp_path / "other"),
         env=env,
     )
-    assert other.returncode == 1
+    assert other.returncode == 2  # the policy says no: configuration
     assert "Vault denied 'read'" in other.stderr
     assert not (tmp_path / "other").exists()
     headers = {"X-Vault-Token": token}

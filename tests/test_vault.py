@@ -231,7 +231,7 @@ def test_token_file_is_read_and_sealed_budget_is_bounded(
     assert result.returncode == 0, result.stderr
     token_file.write_text("")
     empty = run_cli("sync", env=env)
-    assert empty.returncode == 1
+    assert empty.returncode == 2  # a credential is wrong: configuration
     assert "is empty" in empty.stderr
 
 

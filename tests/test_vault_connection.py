@@ -45,7 +45,7 @@ def test_tls_without_the_ca_fails_fast_and_says_what_to_set(
     env = clean_env(sim.env(), tls_openbao.env())
     del env["VAULT_CACERT"]
     result = run_cli("sync", env=env, timeout=30)
-    assert result.returncode == 1
+    assert result.returncode == 2  # configuration: VAULT_CACERT
     assert "TLS verification of Vault" in result.stderr
     assert "VAULT_CACERT" in result.stderr
 

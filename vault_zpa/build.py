@@ -15,7 +15,7 @@ from vault_zpa.config import Settings, VaultSettings, ZpaSettings
 from vault_zpa.errors import ConfigError
 from vault_zpa.vault.auth import AppRoleAuth, AuthMethod, KubernetesAuth, TokenAuth
 from vault_zpa.vault.connection import TlsSettings, VaultConnection
-from vault_zpa.vault.kv import HvacKvStore, detect_kv_version
+from vault_zpa.vault.kv import HvacKvStore, check_kv_version, detect_kv_version
 from vault_zpa.zpa.auth import LegacyAuth, OneApiAuth, TokenSource
 from vault_zpa.zpa.client import RetryPolicy, ZpaClient
 from vault_zpa.zpa.ratelimit import SlidingWindowLimiter
@@ -23,7 +23,14 @@ from vault_zpa.zpa.ratelimit import SlidingWindowLimiter
 log = logging.getLogger(__name__)
 
 
-def zpa_client(settings: ZpaSettings, *, http: httpx.Client | None = None) -> ZpaClient:
+def zpa_client(
+    settings: ZpaSettings,
+    *,
+    http: httpx.Client | None = None,
+    get_limiter: SlidingWindowLimiter | None = None,
+) -> ZpaClient:
+    """`get_limiter` replaces the GET limiter built from the settings (the CLI hands in a
+    watched one to show waits on ZPA's rate limit)."""
     auth: TokenSource
     if settings.mode == "legacy":
         assert settings.client_secret is not None
@@ -42,7 +49,7 @@ def zpa_client(settings: ZpaSettings, *, http: httpx.Client | None = None) -> Zp
         customer_id=settings.customer_id,
         oneapi=settings.mode == "oneapi",
         microtenant_id=settings.microtenant_id,
-        get_limiter=SlidingWindowLimiter(settings.get_limit, settings.rate_window),
+        get_limiter=get_limiter or SlidingWindowLimiter(settings.get_limit, settings.rate_window),
         write_limiter=SlidingWindowLimiter(settings.write_limit, settings.rate_window),
         retry=RetryPolicy(budget=settings.retry_budget, timeout=settings.timeout),
         partner_id=settings.partner_id,
@@ -65,8 +72,8 @@ def vault_auth(settings: VaultSettings) -> AuthMethod:
         )
     if settings.token is None and settings.token_file is None:
         raise ConfigError(
-            "no Vault token: set VAULT_TOKEN or VAULT_ZPA_TOKEN_FILE, or choose "
-            "VAULT_ZPA_AUTH_METHOD=approle|kubernetes"
+            "no Vault token: set VAULT_TOKEN or VAULT_ZPA_TOKEN_FILE, run `vault login` "
+            "(~/.vault-token), or choose VAULT_ZPA_AUTH_METHOD=approle|kubernetes"
         )
     return TokenAuth(settings.token, settings.token_file)
 
@@ -103,11 +110,11 @@ def vault_connection(settings: VaultSettings) -> VaultConnection:
 def kv_store(settings: Settings, conn: VaultConnection | None = None) -> HvacKvStore:
     vault = settings.vault
     conn = conn or vault_connection(vault)
-    version = (
-        int(vault.kv_version)
-        if vault.kv_version != "auto"
-        else detect_kv_version(conn, vault.mount)
-    )
+    if vault.kv_version == "auto":
+        version = detect_kv_version(conn, vault.mount)
+    else:
+        version = int(vault.kv_version)
+        check_kv_version(conn, vault.mount, version)
     lease = settings.values.get("sync.lease")
     ttl = f"{int(lease)}s" if version == 1 and lease else None
     return HvacKvStore(

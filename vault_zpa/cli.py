@@ -1,7 +1,10 @@
 """The `vault-zpa` command line: build objects, call the core, render, map errors to exit codes.
 
-Exit codes: 0 all done, 1 some items failed (the rest were done), 2 bad usage or configuration.
-The only `sys.exit` of the program is in `main()`.
+Exit codes (EXIT_CODES below; the README and `vault-zpa --help` show the same table): 0 all
+done; 1 something failed or needs attention, and the same command may succeed later with
+nothing changed; 2 bad usage or configuration, which only a person can fix. The only `sys.exit`
+of the program is in `main()`, which also renders a fatal error as JSON under `--output json`
+(stdout) and `--log-format json` (stderr).
 """
 
 from __future__ import annotations
@@ -20,14 +23,76 @@ import click
 from vault_zpa import __version__, build, logs, report
 from vault_zpa.config import Settings, load
 from vault_zpa.errors import ConfigError, VaultZpaError
+from vault_zpa.masking import Secret
 from vault_zpa.model import AssociationType
 from vault_zpa.reconcile import Scope
-from vault_zpa.sync import Progress, SyncOptions, run_once
+from vault_zpa.sync import SyncOptions, run_once
 
 log = logging.getLogger("vault_zpa")
 F = TypeVar("F", bound=Callable[..., Any])
 
-TYPES = click.Choice([t.value for t in AssociationType], case_sensitive=False)
+EXIT_CODES = """\b
+Exit codes (every command):
+  0  all done; nothing needs attention
+  1  something failed or needs attention; the rest was done: an item or a ZPA listing
+     failed, a write conflicted, drift or a group with no eligible key (status), a
+     --group no listing has, a used-up key fetched, a rotation needing a person, or
+     Vault/ZPA unreachable, sealed or failing past the retry budget (try again later)
+  2  bad usage or configuration; nothing was done: flags, environment, config file,
+     credentials refused (Vault token, AppRole, ZPA sign-in), an untrusted certificate
+     or https to a plain-http Vault, an unknown VAULT_NAMESPACE, a missing mount or the
+     wrong KV version, a policy lacking a capability, an unknown --owner
+"""
+
+
+class UpperChoice(click.Choice):  # type: ignore[type-arg]
+    """Accepts any case but shows the choices as users type them (CONNECTOR_GRP): click shows
+    a case-insensitive Choice's values lowercased, unlike the README and every error."""
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "[" + "|".join(str(c) for c in self.choices) + "]"
+
+    def get_invalid_choice_message(self, value: Any, ctx: click.Context | None) -> str:
+        return f"{value!r} is not one of {', '.join(repr(c) for c in self.choices)}."
+
+    def shell_complete(
+        self, ctx: click.Context, param: click.Parameter, incomplete: str
+    ) -> list[Any]:
+        from click.shell_completion import CompletionItem
+
+        return [
+            CompletionItem(c)
+            for c in map(str, self.choices)
+            if c.lower().startswith(incomplete.lower())
+        ]
+
+
+TYPES = UpperChoice([t.value for t in AssociationType], case_sensitive=False)
+
+# How main() renders a fatal error: set from the flags as click parses them (and from the
+# settings once loaded), so even a usage error of `--output json` arrives as JSON.
+_FATAL: dict[str, str | None] = {"output": None, "log_format": None}
+
+
+def _remember(name: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is not None:
+            _FATAL[name] = value
+        return value
+
+    return callback
+
+
+def output_option(fn: F) -> F:
+    """--output text|json: the report format, and the format of a fatal error on stdout."""
+    return click.option(
+        "--output",
+        type=click.Choice(["text", "json"]),
+        default="text",
+        show_default=True,
+        callback=_remember("output"),
+        help="text, or JSON for scripts (a fatal error is JSON on stdout too).",
+    )(fn)
 
 
 def common_options(fn: F) -> F:
@@ -36,6 +101,7 @@ def common_options(fn: F) -> F:
         "--log-format",
         type=click.Choice(["text", "json"]),
         default=None,
+        callback=_remember("log_format"),
         help="Log format (env VAULT_ZPA_LOG_FORMAT).",
     )(fn)
     fn = click.option(
@@ -69,12 +135,21 @@ def settings_from(
     level = settings.log_level
     if quiet and settings.sources["log.level"] == "default":
         level = "warning"
+        # Progress lines of a long run off a terminal (progress.py) show by default; an
+        # explicit --log-level decides for them like for every other line.
+        logging.getLogger("vault_zpa.progress").setLevel(logging.INFO)
     logs.setup(level, settings.log_format)
+    if quiet and settings.sources["log.level"] == "default":
+        logs.drop_reported()
+    _FATAL["log_format"] = settings.log_format
     logs.new_run_id()
     return settings
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog=EXIT_CODES,
+)
 @click.version_option(__version__, prog_name="vault-zpa")
 def cli() -> None:
     """Keep Zscaler Private Access provisioning keys in HashiCorp Vault / OpenBao KV.
@@ -102,7 +177,7 @@ def cli() -> None:
     "in ZPA any more (only after a complete listing).",
 )
 @click.option("--adopt", is_flag=True, help="Take over existing paths not yet marked as managed.")
-@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@output_option
 @click.option("--reveal", is_flag=True, help="Include key values in the output.")
 @click.option("--verbose", "-v", is_flag=True, help="Also list unchanged groups.")
 @click.option("--mount", default=None, help="KV mount (env VAULT_ZPA_MOUNT, default secret).")
@@ -139,37 +214,38 @@ def sync(
             "sync.association_types": list(association_types) or None,
         },
     )
-    zpa = build.zpa_client(settings.zpa())
-    store = build.kv_store(settings)
-    if prune and store.kv_version == 1:
-        # Refused before ZPA is listed or anything is written: a KV v1 delete cannot be undone,
-        # and finding that out per orphan left the run half done.
-        store.close()
-        zpa.close()
-        raise ConfigError(
-            f"--prune needs a KV v2 mount: {settings.vault.mount} is KV v1, where deletes are "
-            "not recoverable; run without --prune (orphans are still reported)"
+    with _connected(settings) as (store, monitor):
+        if prune and store.kv_version == 1:
+            # Refused before ZPA is listed or anything is written: a KV v1 delete cannot be
+            # undone, and finding that out per orphan left the run half done.
+            raise ConfigError(
+                f"--prune needs a KV v2 mount: {settings.vault.mount} is KV v1, where deletes "
+                "are not recoverable; run without --prune (orphans are still reported)"
+            )
+        options = SyncOptions(
+            association_types=settings.association_types,
+            prefix=settings.vault.prefix,
+            rules=dict(settings.rules),
+            scope=Scope(groups=frozenset(groups), prune=prune, adopt=adopt),
+            dry_run=dry_run,
         )
-    options = SyncOptions(
-        association_types=settings.association_types,
-        prefix=settings.vault.prefix,
-        rules=dict(settings.rules),
-        scope=Scope(groups=frozenset(groups), prune=prune, adopt=adopt),
-        dry_run=dry_run,
-    )
-    try:
-        with _progress(enabled=output == "text") as progress:
-            result = run_once(source=zpa, store=store, options=options, progress=progress)
-    finally:
-        store.close()
-        zpa.close()
+        result = run_once(
+            source=monitor.source(), store=store, options=options, progress=monitor.progress
+        )
+    result = report.for_kv_version(result, store.kv_version)
+    missing = report.not_found(groups, result.listings)
+    mount = settings.vault.mount
     if output == "json":
-        click.echo(report.dumps(report.to_json(result, mount=settings.vault.mount, reveal=reveal)))
+        document = report.to_json(result, mount=mount, reveal=reveal)
+        document["not_found"] = missing
+        document["ok"] = document["ok"] and not missing
+        click.echo(report.dumps(document))
     else:
-        click.echo(
-            report.to_text(result, mount=settings.vault.mount, reveal=reveal, verbose=verbose)
-        )
-    ctx.exit(1 if result.failed else 0)
+        text = report.to_text(result, mount=mount, reveal=reveal, verbose=verbose)
+        for name in missing:
+            text += f"\nnot found: no group named {name!r} has a key in ZPA (--group is exact)"
+        click.echo(text)
+    ctx.exit(1 if result.failed or missing else 0)
 
 
 @cli.command()
@@ -181,7 +257,7 @@ def sync(
     help="Only this association type (repeatable; default: both).",
 )
 @click.option("--group", "groups", multiple=True, help="Only the group with this exact name.")
-@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@output_option
 @common_options
 @click.pass_context
 def status(
@@ -193,7 +269,10 @@ def status(
     log_level: str | None,
     log_format: str | None,
 ) -> None:
-    """Compare what Vault holds with ZPA now: usage, drift, leases, orphans. Writes nothing."""
+    """Compare what Vault holds with ZPA now: usage, drift, leases, orphans. Writes nothing.
+
+    Exit 1 when anything needs attention: a group missing, drifted, orphaned, conflicting or
+    with no eligible key, a rotation needing a person, a failed listing, an unknown --group."""
     from vault_zpa import status as status_view
     from vault_zpa.sync import inspect
 
@@ -203,11 +282,9 @@ def status(
         log_format,
         flags={"sync.association_types": list(association_types) or None},
     )
-    zpa = build.zpa_client(settings.zpa())
-    store = build.kv_store(settings)
-    try:
+    with _connected(settings) as (store, monitor):
         snapshot = inspect(
-            source=zpa,
+            source=monitor.source(),
             store=store,
             options=SyncOptions(
                 association_types=settings.association_types,
@@ -216,18 +293,21 @@ def status(
                 scope=Scope(groups=frozenset(groups)),
                 dry_run=True,
             ),
+            progress=monitor.progress,
         )
-    finally:
-        store.close()
-        zpa.close()
-    mount = settings.vault.mount
+    missing = report.not_found(groups, snapshot.listings)
+    mount, rotation = settings.vault.mount, settings.rotation
     if output == "json":
         click.echo(
-            report.dumps(status_view.to_json(snapshot, mount=mount, rotation=settings.rotation))
+            report.dumps(
+                status_view.to_json(snapshot, mount=mount, rotation=rotation, not_found=missing)
+            )
         )
     else:
-        click.echo(status_view.to_text(snapshot, mount=mount, rotation=settings.rotation))
-    ctx.exit(1 if snapshot.errors else 0)
+        click.echo(status_view.to_text(snapshot, mount=mount, rotation=rotation, not_found=missing))
+    # Drift, a missing secret, an orphan, a conflict, a group with no usable key, a rotation
+    # needing a person, a failed listing or a --group nobody has: each needs attention (exit 1).
+    ctx.exit(1 if status_view.needs_attention(snapshot, rotation) or missing else 0)
 
 
 @cli.command()
@@ -262,7 +342,8 @@ def daemon(
     log_format: str | None,
 ) -> None:
     """Run syncs on a schedule and on demand; serve health, readiness and metrics."""
-    from vault_zpa.daemon import Daemon, DaemonConfig, parse_listen
+    from vault_zpa.daemon.app import Daemon, DaemonConfig, check_listen
+    from vault_zpa.daemon.http import parse_listen
     from vault_zpa.vault.lease import LeaderLease
 
     settings = settings_from(
@@ -281,11 +362,8 @@ def daemon(
     )
     values = settings.values
     host, port = parse_listen(values["daemon.listen"])
-    token = values["daemon.api_token"]
-    if token is None and values["daemon.api_token_file"]:
-        from vault_zpa.config import read_secret_file
-
-        token = read_secret_file(values["daemon.api_token_file"], "daemon.api_token_file")
+    check_listen(host, port)
+    token = _api_token(settings)
     config = DaemonConfig(
         interval=values["daemon.interval"],
         cron=values["daemon.cron"] or None,
@@ -320,6 +398,16 @@ def daemon(
     ).run_forever()
 
 
+def _api_token(settings: Settings) -> Secret | None:
+    """The daemon API token: VAULT_ZPA_API_TOKEN, else the file VAULT_ZPA_API_TOKEN_FILE."""
+    token: Secret | None = settings.values["daemon.api_token"]
+    if token is None and settings.values["daemon.api_token_file"]:
+        from vault_zpa.config import read_secret_file
+
+        token = read_secret_file(settings.values["daemon.api_token_file"], "daemon.api_token_file")
+    return token
+
+
 @cli.command()
 @click.option(
     "--association-type",
@@ -338,7 +426,19 @@ def daemon(
     default=None,
     help="Ask the running daemon at this URL to rotate instead (its leader does it).",
 )
-@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option(
+    "--wait/--no-wait",
+    default=True,
+    show_default=True,
+    help="With --daemon: wait for the outcome and exit by it, or return once queued.",
+)
+@click.option(
+    "--wait-timeout",
+    default="10m",
+    show_default=True,
+    help="With --daemon: give up waiting after this long (exit 1; the request goes on).",
+)
+@output_option
 @common_options
 @click.pass_context
 def rotate(
@@ -349,6 +449,8 @@ def rotate(
     grace: str | None,
     dry_run: bool,
     daemon_url: str | None,
+    wait: bool,
+    wait_timeout: str,
     output: str,
     config_path: str | None,
     log_level: str | None,
@@ -377,8 +479,23 @@ def rotate(
         flags={"sync.association_types": [association_type] if association_type else None},
     )
     if daemon_url is not None:
-        _ask_daemon(daemon_url, association_type, groups, all_due, grace_seconds, settings)
-        return
+        from vault_zpa.daemon import client
+
+        ctx.exit(
+            client.ask(
+                daemon_url,
+                association_type=association_type,
+                groups=groups,
+                all_due=all_due,
+                dry_run=dry_run,
+                grace=grace_seconds,
+                token=_api_token(settings),
+                wait=wait,
+                timeout=parse_duration(wait_timeout, name="--wait-timeout", minimum=1.0),
+                output=output,
+                echo=click.echo,
+            )
+        )
     requested = (
         frozenset((AssociationType(association_type), g) for g in groups)
         if association_type
@@ -435,6 +552,7 @@ def rotate(
                     "rotations": [
                         {
                             "path": r.path,
+                            "kv_path": f"{settings.vault.mount}/{r.path}",
                             "group_name": r.group_name,
                             "decision": r.decision.action,
                             "reason": r.decision.reason,
@@ -474,37 +592,6 @@ def rotate(
     ctx.exit(1 if failed else 0)
 
 
-def _ask_daemon(
-    url: str,
-    association_type: str | None,
-    groups: tuple[str, ...],
-    all_due: bool,
-    grace: float | None,
-    settings: Settings,
-) -> None:
-    import httpx
-
-    token = settings.values.get("daemon.api_token")
-    headers = {"Authorization": f"Bearer {token.reveal()}"} if token is not None else {}
-    body = {
-        "association_type": association_type,
-        "groups": list(groups),
-        "all_due": all_due,
-        "grace": grace,
-    }
-    try:
-        response = httpx.post(
-            f"{url.rstrip('/')}/v1/rotate", json=body, headers=headers, timeout=10
-        )
-    except httpx.HTTPError as exc:
-        raise VaultZpaError(f"cannot reach the daemon at {url}: {type(exc).__name__}") from None
-    if response.status_code != 202:
-        raise VaultZpaError(
-            f"the daemon at {url} refused: HTTP {response.status_code} {response.text[:200]}"
-        )
-    click.echo(f"rotate: queued with the daemon at {url}; it runs with the next sync")
-
-
 @cli.command()
 @click.option("--association-type", "association_type", type=TYPES, required=True)
 @click.option("--group", required=True, help="The connector's group name.")
@@ -541,9 +628,10 @@ def fetch(
 
     Only read access to the group's own secret is needed (see `vault-zpa policy render`).
     A secret that names another group is never written. Exit 1 when the key cannot be read or
-    written (missing or read-only directory), 2 on bad usage."""
+    written (missing or read-only directory), or is used up (written, with a warning); 2 on bad
+    usage (an unknown --owner, a wrong KV version, a refused token)."""
     from vault_zpa import fetch as fetching
-    from vault_zpa.vault.kv import HvacKvStore
+    from vault_zpa.vault.kv import HvacKvStore, check_kv_version, preflight_kv_version
 
     try:
         file_mode = int(mode, 8)
@@ -572,17 +660,23 @@ def fetch(
         group_id=group_id,
         microtenant_id=settings.values.get("zpa.microtenant_id"),
     )
-    # A connector's policy cannot read sys/mounts: KV v2 unless told otherwise.
-    version = 1 if settings.vault.kv_version == "1" else 2
-    store = HvacKvStore(
-        build.vault_connection(settings.vault), mount=settings.vault.mount, kv_version=version
-    )
+    conn = build.vault_connection(settings.vault)
     try:
-        path, data = fetching.find_secret(
+        # As `vault kv get` does: ask sys/internal/ui/mounts, which a connector's own policy
+        # may read; KV v2 when that is not answered. A version set by hand is checked the same
+        # way, so a wrong one is one line (exit 2), not "no provisioning key".
+        if settings.vault.kv_version == "auto":
+            version = preflight_kv_version(conn, settings.vault.mount) or 2
+        else:
+            version = int(settings.vault.kv_version)
+            check_kv_version(conn, settings.vault.mount, version)
+        store = HvacKvStore(conn, mount=settings.vault.mount, kv_version=version)
+        path, secret = fetching.find_stored(
             store, paths, group_name=group, group_id=group_id, mount=settings.vault.mount
         )
     finally:
-        store.close()
+        conn.close()
+    data = secret.data or {}
     where = f"{settings.vault.mount}/{path}"
     target = out or fetching.DEFAULT_PATHS[atype]
     written = fetching.write_key(
@@ -592,6 +686,16 @@ def fetch(
     click.echo(
         f"{verb} {target} from {where} ({written.length} characters, sha256 {written.fingerprint})"
     )
+    used_up = fetching.exhausted(secret)
+    if used_up is not None:
+        # Written all the same (Vault's count may lag ZPA's), but a connector enrolling with it
+        # will most likely be refused: a person must look (exit 1).
+        click.echo(
+            f"vault-zpa: warning: {where}: {used_up}; a connector may not enroll with it "
+            "(add a key or raise max_usage in ZPA, then `vault-zpa sync`)",
+            err=True,
+        )
+        click.get_current_context().exit(1)
 
 
 @cli.group()
@@ -652,7 +756,8 @@ def _policies(
             prefix=vault.prefix,
             kv_version=version,
         )
-    return out
+    # Vault lowercases policy names: two that differ only in case would be one policy.
+    return policies.check_distinct(out)
 
 
 def policy_options(fn: F) -> F:
@@ -750,29 +855,27 @@ def _read_policy(client: Any, name: str) -> str | None:
 
 
 @contextmanager
-def _progress(*, enabled: bool) -> Iterator[Progress | None]:
-    """A progress bar on a terminal (stderr) for long runs; nothing when piped."""
-    if not enabled or not sys.stderr.isatty():
-        yield None
-        return
-    state: dict[str, Any] = {}
+def _connected(settings: Settings) -> Iterator[tuple[Any, Any]]:
+    """The Vault store and a progress monitor (its `source()` is the ZPA client) for a one-shot
+    run, all closed on the way out. Progress goes to stderr only: a live line on a terminal,
+    log lines otherwise. The monitor starts before the first Vault request, so a Vault that
+    hangs is named within seconds."""
+    from vault_zpa.progress import Monitor, WatchedLimiter
 
-    def start(total: int) -> None:
-        if "bar" in state:  # one bar per batch of reads
-            state.pop("bar").__exit__(None, None, None)
-        if total >= 200:
-            bar = click.progressbar(length=total, label="reading Vault", file=sys.stderr)
-            state["bar"] = bar.__enter__()
-
-    def advance(n: int) -> None:
-        if "bar" in state:
-            state["bar"].update(n)
-
+    zpa_settings = settings.zpa()
+    limiter = WatchedLimiter(zpa_settings.get_limit, zpa_settings.rate_window)
+    zpa = build.zpa_client(zpa_settings, get_limiter=limiter)
+    conn = None
     try:
-        yield Progress(start=start, advance=advance)
+        conn = build.vault_connection(settings.vault)
+        tty = sys.stderr.isatty() and settings.log_format == "text"
+        with Monitor(stream=sys.stderr, tty=tty, zpa=zpa, limiter=limiter, conn=conn) as monitor:
+            store = build.kv_store(settings, conn)
+            yield store, monitor
     finally:
-        if "bar" in state:
-            state["bar"].__exit__(None, None, None)
+        if conn is not None:
+            conn.close()
+        zpa.close()
 
 
 @cli.command()
@@ -790,6 +893,31 @@ def _progress(*, enabled: bool) -> Iterator[Progress | None]:
     show_default=True,
     help="Enforce ZPA's documented 20 GET / 10 writes per 10 s.",
 )
+@click.option(
+    "--oneapi",
+    is_flag=True,
+    help="Print OneAPI client credentials (ZSCALER_CLIENT_ID, ...) instead of the legacy "
+    "ZPA API key (ZPA_CLIENT_ID, ...).",
+)
+@click.option(
+    "--tls",
+    is_flag=True,
+    help="Serve HTTPS with a self-signed certificate for loopback, made at start; prints "
+    "SSL_CERT_FILE and REQUESTS_CA_BUNDLE lines naming a CA bundle that trusts it.",
+)
+@click.option(
+    "--env-file",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Also write the export lines to this file (mode 0600, atomically) once the simulator "
+    "accepts connections; an old file there is removed at start and the file on exit.",
+)
+@click.option(
+    "--background",
+    is_flag=True,
+    help="Print the lines once listening, then serve from a detached process "
+    '(eval "$(vault-zpa simulator --background)"); stop it with kill "$VAULT_ZPA_SIMULATOR_PID".',
+)
 @common_options
 def simulator(
     host: str,
@@ -799,47 +927,87 @@ def simulator(
     service_edge_groups: int,
     keys_per_group: int,
     rate_limits: bool,
+    oneapi: bool,
+    tls: bool,
+    env_file: str | None,
+    background: bool,
     config_path: str | None,
     log_level: str | None,
     log_format: str | None,
 ) -> None:
-    """Serve the ZPA API simulator on loopback until interrupted.
+    """Serve the ZPA API simulator on loopback until interrupted (Ctrl-C or SIGTERM).
 
-    Prints shell lines (ZPA_BASE_URL=..., ZPA_CLIENT_ID=..., ...) to `eval` or `source`.
+    Prints `export NAME=value` lines for one credential kind (the legacy ZPA API key, or
+    OneAPI with --oneapi) to `eval` or source:
+
+    \b
+      vault-zpa simulator --env-file /tmp/zpa.env &   # then, once the file exists:
+      . /tmp/zpa.env
+      eval "$(vault-zpa simulator --background)"       # or: one line, serves detached
     """
-    from vault_zpa.testing.zpa_simulator import ZpaSimulator
+    import contextlib
+
+    from vault_zpa.testing import zpa_simulator
     from vault_zpa.zpa.clouds import _is_loopback
 
     if not _is_loopback(host):
         raise click.BadParameter("the simulator only listens on loopback", param_hint="--host")
-    # Fixed credentials for docker-compose. Own names, so a shell holding real ZPA credentials
-    # never hands them to the simulator (which prints what it accepts).
-    sim = ZpaSimulator(
-        client_id=os.environ.get("VAULT_ZPA_SIMULATOR_CLIENT_ID", ""),
-        client_secret=os.environ.get("VAULT_ZPA_SIMULATOR_CLIENT_SECRET", ""),
-        customer_id=os.environ.get("VAULT_ZPA_SIMULATOR_CUSTOMER_ID", ""),
-        host=host,
-        port=port,
-        seed=seed,
-        connector_groups=connector_groups,
-        service_edge_groups=service_edge_groups,
-        keys_per_group=keys_per_group,
-        rate_limits=rate_limits,
-    ).start()
-    for name, value in sim.env().items():
-        click.echo(f"{name}={value}")
-    click.echo(f"ZSCALER_CLIENT_ID={sim.oneapi_client_id}")
-    click.echo(f"ZSCALER_CLIENT_SECRET={sim.oneapi_client_secret}")
-    click.echo(
-        f"# OneAPI: ZPA_BASE_URL={sim.url} VAULT_ZPA_ZPA_TOKEN_URL={sim.url}/oauth2/v1/token"
-    )
-    sys.stdout.flush()
+    if env_file:
+        # A file left by an earlier run must not be mistaken for this one's.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(env_file)
+    kind = "oneapi" if oneapi else "legacy"
+
+    def start() -> zpa_simulator.ZpaSimulator:
+        # Fixed credentials for docker-compose. Own names, so a shell holding real ZPA
+        # credentials never hands them to the simulator (which prints what it accepts).
+        return zpa_simulator.ZpaSimulator(
+            client_id=os.environ.get("VAULT_ZPA_SIMULATOR_CLIENT_ID", ""),
+            client_secret=os.environ.get("VAULT_ZPA_SIMULATOR_CLIENT_SECRET", ""),
+            customer_id=os.environ.get("VAULT_ZPA_SIMULATOR_CUSTOMER_ID", ""),
+            host=host,
+            port=port,
+            seed=seed,
+            connector_groups=connector_groups,
+            service_edge_groups=service_edge_groups,
+            keys_per_group=keys_per_group,
+            rate_limits=rate_limits,
+            tls=tls,
+        ).start()
+
+    if background:
+        try:
+            text = zpa_simulator.serve_detached(start, kind=kind, env_file=env_file)
+        except RuntimeError as exc:
+            raise click.ClickException(f"the simulator did not start: {exc}") from None
+        click.echo(text, nl=False)
+        pid = text.rstrip().rpartition("=")[2]
+        click.echo(
+            f"vault-zpa simulator: serving in the background; stop it with: kill {pid}", err=True
+        )
+        return
     try:
-        sim.serve_forever()
-    except KeyboardInterrupt:
-        pass
+        sim = start()
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    lines = sim.shell_lines(kind)
+    try:
+        if env_file:
+            zpa_simulator.write_env_file(env_file, lines)
+        for line in lines:
+            click.echo(line)
+        sys.stdout.flush()
+        click.echo(
+            f"vault-zpa simulator: serving {sim.url} ({kind} credentials"
+            + (f", also in {env_file}" if env_file else "")
+            + "); Ctrl-C stops it",
+            err=True,
+        )
+        zpa_simulator.serve_until_signalled(sim)
     finally:
         sim.stop()
+        if env_file:
+            zpa_simulator.remove_env_file(env_file, lines)
 
 
 @cli.command()
@@ -857,28 +1025,75 @@ def demo(
 
 def main() -> None:
     """Entry point: the one place that turns errors into exit codes."""
+    args = sys.argv[1:]
+    # A usage error may come before click has parsed --output: look at the words themselves.
+    for i, word in enumerate(args):
+        if word == "--":
+            break
+        if word == "--output=json" or (word == "--output" and args[i + 1 : i + 2] == ["json"]):
+            _FATAL["output"] = "json"
     try:
         code = cli.main(prog_name="vault-zpa", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("vault-zpa: aborted", err=True)
         code = 130
     except click.ClickException as exc:
-        exc.show()
         code = exc.exit_code
+        if not _fatal("usage", exc.format_message(), None, code, show=exc.show):
+            exc.show()
     except VaultZpaError as exc:
-        click.echo(f"vault-zpa: error: {exc}", err=True)
         code = exc.exit_code
+        _fatal(type(exc).__name__, exc.message, exc.hint, code)
     except KeyboardInterrupt:
         code = 130
     except Exception as exc:
         log.debug("unexpected error", exc_info=True)
-        click.echo(
-            f"vault-zpa: internal error: {type(exc).__name__}; rerun with "
-            "--log-level debug for details and report it",
-            err=True,
-        )
         code = 1
+        _fatal(
+            "internal",
+            f"internal error: {type(exc).__name__}; rerun with --log-level debug for details "
+            "and report it",
+            None,
+            code,
+        )
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fatal(
+    kind: str,
+    message: str,
+    hint: str | None,
+    code: int,
+    show: Callable[[], None] | None = None,
+) -> bool:
+    """Say why the run stopped, once, in the formats asked for: a JSON document on stdout
+    under --output json (a script parsing stdout gets JSON, never nothing), and on stderr a
+    JSON log line under --log-format json, else one text line. Messages never hold secrets
+    (errors.py); the redacting filter runs over them all the same. Returns False when the
+    caller's own rendering (click's usage text) should be used for stderr."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, (), None)
+    logs.REDACTOR.filter(record)
+    text = record.getMessage()
+    if hint:
+        hint_record = log.makeRecord(log.name, logging.ERROR, __file__, 0, hint, (), None)
+        logs.REDACTOR.filter(hint_record)
+        hint = hint_record.getMessage()
+    if _FATAL["output"] == "json":
+        error = {"type": kind, "message": text, "hint": hint, "exit_code": code}
+        click.echo(report.dumps({"schema_version": 1, "ok": False, "error": error}))
+    log_format = _FATAL["log_format"] or os.environ.get("VAULT_ZPA_LOG_FORMAT", "text")
+    if log_format == "json":
+        record.run_id = logs.run_id()
+        record.error_type = kind
+        record.exit_code = code
+        if hint:
+            record.hint = hint
+        click.echo(logs.JsonFormatter().format(record), err=True)
+        return True
+    if show is not None:
+        return False
+    click.echo(f"vault-zpa: error: {text}" + (f" ({hint})" if hint else ""), err=True)
+    return True
 
 
 _ = (functools, json)

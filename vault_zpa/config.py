@@ -164,6 +164,13 @@ def _multiline(value: Any) -> str:
     return value.strip()
 
 
+def _cron(value: Any) -> str:
+    """A 5-field crontab expression (UTC), read as cron reads it (vault_zpa/daemon/schedule.py)."""
+    from vault_zpa.daemon.schedule import parse_cron
+
+    return parse_cron(_text(value))
+
+
 def _choice(*choices: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         text = _text(value).lower()
@@ -316,7 +323,7 @@ OPTIONS: tuple[Option, ...] = (
         _duration(minimum=1.0, maximum=365 * DAY),
         300.0,
     ),
-    Option("daemon.cron", ("VAULT_ZPA_CRON",), _text),
+    Option("daemon.cron", ("VAULT_ZPA_CRON",), _cron),
     Option("daemon.jitter", ("VAULT_ZPA_JITTER",), _duration(maximum=DAY, allow_zero=True), 15.0),
     Option("daemon.listen", ("VAULT_ZPA_LISTEN",), _text, "127.0.0.1:9850"),
     Option("daemon.api_token", ("VAULT_ZPA_API_TOKEN",), _text, secret=True),
@@ -446,6 +453,7 @@ def load(
             raw = Secret(raw)
         values[option.name] = raw
         sources[option.name] = where
+    _token_helper_file(values, sources, environ)
     vault = _vault_settings(values, sources)
     rules = _rules(values, type_sections, path)
     rotation = _rotation(values, type_sections, path)
@@ -605,6 +613,19 @@ def _rules(
             ),
         )
     return rules
+
+
+def _token_helper_file(
+    values: dict[str, Any], sources: dict[str, str], environ: Mapping[str, str]
+) -> None:
+    """As the vault CLI does: with no VAULT_TOKEN (and no token file of ours), the token
+    `vault login` left in ~/.vault-token (its default token helper). Re-read at each login."""
+    if values["vault.token"] is not None or values["vault.token_file"]:
+        return
+    home = environ.get("HOME")
+    if home and (Path(home) / ".vault-token").is_file():
+        values["vault.token_file"] = str(Path(home) / ".vault-token")
+        sources["vault.token_file"] = "~/.vault-token"
 
 
 def _opt_str(values: Mapping[str, Any], name: str) -> str | None:

@@ -1,9 +1,16 @@
 """The one exception tree of vault-zpa; every boundary translates foreign errors into it.
 
+Exit codes (README "Exit codes"; `vault-zpa --help`): 0 all done; 1 something failed or needs
+attention, and running again later may succeed with nothing changed (a service unreachable,
+sealed or failing, an item or a listing failed, drift, a conflict); 2 bad usage or
+configuration: nothing will work until a person changes a flag, the environment, the config
+file, a credential or Vault's setup (wrong mount or KV version, an untrusted certificate, a
+refused token or login, an unknown namespace).
+
     VaultZpaError                 exit 1 unless a subclass says otherwise
     ├── ConfigError               exit 2: bad flags, environment or config file
     ├── ZpaError                  anything the ZPA side could not do
-    │   ├── ZpaAuthError          sign-in refused or token endpoint unusable
+    │   ├── ZpaAuthError          exit 2: sign-in refused or token endpoint unusable
     │   ├── ZpaApiError           ZPA answered with an error (status, ZPA id and reason)
     │   │   └── ZpaRateLimited    429 past the retry budget
     │   ├── ZpaUnavailable        timeouts / connection errors past the retry budget
@@ -11,9 +18,9 @@
     │   └── ListingInconsistent   pages disagreed; the listing must not be trusted
     └── VaultError                anything the Vault side could not do
         ├── VaultUnavailable      unreachable, sealed, 5xx past the retry budget
-        │   └── VaultTlsError     certificate not trusted (not retried)
-        ├── VaultAuthError        login / renewal impossible
-        ├── VaultPermissionDenied 403, names path and capability
+        │   └── VaultTlsError     exit 2: certificate not trusted, or https to plain http
+        ├── VaultAuthError        exit 2: token refused, login impossible, unknown namespace
+        ├── VaultPermissionDenied exit 2: 403, names path and capability
         ├── CasConflict           someone else wrote between our read and our write
         └── VaultMountError       mount missing or not KV (exit 2: configuration)
 
@@ -45,7 +52,9 @@ class ZpaError(VaultZpaError):
 
 
 class ZpaAuthError(ZpaError):
-    """ZPA refused our credentials or the token endpoint is unusable."""
+    """ZPA refused our credentials or the token endpoint is unusable: configuration."""
+
+    exit_code = 2
 
 
 class ZpaApiError(ZpaError):
@@ -103,17 +112,25 @@ class VaultUnavailable(VaultError):
 
 
 class VaultTlsError(VaultUnavailable):
-    """Vault's certificate could not be verified: retrying will not help."""
+    """Vault's certificate could not be verified (or VAULT_ADDR says https to a plain-http
+    listener): retrying will not help, the configuration must change."""
 
     retryable = False
+    exit_code = 2
 
 
 class VaultAuthError(VaultError):
-    """No usable Vault token could be obtained or kept."""
+    """No usable Vault token could be obtained or kept: a credential is wrong (configuration)."""
+
+    exit_code = 2
 
 
 class VaultPermissionDenied(VaultError):
-    """Vault answered 403; the message names the path and the capability the policy lacks."""
+    """Vault answered 403; the message names the path and the capability the policy lacks.
+    Fatal (before anything was done) it is configuration, exit 2; for one item of a sync it is
+    that item's failure (exit 1, the rest were done)."""
+
+    exit_code = 2
 
     def __init__(self, *, path: str, capability: str) -> None:
         self.path = path

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Protocol
 
 from vault_zpa import layout
-from vault_zpa.errors import VaultPermissionDenied, VaultZpaError
+from vault_zpa.errors import ConfigError, VaultPermissionDenied, VaultZpaError
 from vault_zpa.model import AssociationType, StoredSecret
 
 DEFAULT_PATHS = {
@@ -83,6 +83,30 @@ def candidate_paths(
 def find_secret(
     store: _Reader, paths: list[str], *, group_name: str, group_id: str | None, mount: str
 ) -> tuple[str, Mapping[str, str]]:
+    path, secret = find_stored(store, paths, group_name=group_name, group_id=group_id, mount=mount)
+    assert secret.data is not None
+    return path, secret.data
+
+
+def exhausted(secret: StoredSecret) -> str | None:
+    """Why the key in this secret can enroll no more connectors, if it cannot: sync marks a
+    group whose keys are all used up or disabled (`key_state`), and the counts say the rest."""
+    meta = secret.custom_metadata
+    data = secret.data or {}
+    if meta.get("key_state") == "no-eligible-key":
+        return "ZPA has no usable key for this group (used up or disabled); this is the last one"
+    try:
+        used, limit = int(meta.get("usage_count", "")), int(data.get("max_usage", ""))
+    except ValueError:
+        return None
+    if limit and used >= limit:
+        return f"the key has used {used} of {limit} enrollments"
+    return None
+
+
+def find_stored(
+    store: _Reader, paths: list[str], *, group_name: str, group_id: str | None, mount: str
+) -> tuple[str, StoredSecret]:
     """Read the candidates in order; the first secret of this group wins (its path and data).
     A secret that names another group is skipped, never returned. Raises FetchError (or the
     first denial) if none is found."""
@@ -98,7 +122,7 @@ def find_secret(
             continue
         other = _other_group(secret.data, group_name=group_name, group_id=group_id)
         if other is None:
-            return path, secret.data
+            return path, secret
         refusal = refusal or (
             f"the secret at {mount}/{path} belongs to group {other}, not {group_name!r}"
         )
@@ -240,5 +264,5 @@ def parse_owner(owner: str) -> tuple[int | None, int | None]:
         uid = (int(user) if user.isdigit() else pwd.getpwnam(user).pw_uid) if user else None
         gid = (int(group) if group.isdigit() else grp.getgrnam(group).gr_gid) if group else None
     except KeyError:
-        raise FetchError(f"--owner {owner!r}: no such user or group") from None
+        raise ConfigError(f"--owner {owner!r}: no such user or group") from None
     return uid, gid

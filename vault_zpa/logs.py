@@ -12,6 +12,16 @@ from typing import Any, TextIO
 
 from vault_zpa.masking import REDACTOR
 
+__all__ = [
+    "REDACTOR",
+    "JsonFormatter",
+    "clear_run_id",
+    "drop_reported",
+    "new_run_id",
+    "run_id",
+    "setup",
+]
+
 # One run at a time per process, and its lines come from pool threads too: a plain global,
 # not a ContextVar (which executor threads would not inherit).
 _run_id = "-"
@@ -50,6 +60,25 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info and record.levelno <= logging.DEBUG:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry)
+
+
+def run_id() -> str:
+    return _run_id
+
+
+class _ShownInReport(logging.Filter):
+    """Drops the sync engine's per-listing and per-item failure warnings: a one-shot command
+    prints each in its report (stdout), and saying it twice on a terminal misleads."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name == "vault_zpa.sync" and record.levelno == logging.WARNING)
+
+
+def drop_reported() -> None:
+    """For one-shot commands at the default level (the daemon, which has no report, and an
+    explicit --log-level keep these lines)."""
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_ShownInReport())
 
 
 def setup(level: str, fmt: str, stream: TextIO | None = None) -> None:

@@ -91,6 +91,9 @@ DATA_FIELDS: tuple[str, ...] = (
 )
 
 MANAGED_BY = "vault-zpa"
+# custom_metadata key: the KV v2 version vault-zpa itself last wrote at a path, so a later read
+# tells an edit made in Vault (a newer version) from a change in ZPA.
+SYNCED_VERSION = "synced_version"
 
 # The key of KeyDigest: random per process, so a digest means nothing outside it.
 _DIGEST_KEY: Final = secrets.token_bytes(32)

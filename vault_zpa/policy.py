@@ -7,11 +7,13 @@ The files in `policies/` are these templates rendered for the defaults (mount `s
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from vault_zpa import layout
+from vault_zpa.errors import ConfigError
 from vault_zpa.model import AssociationType, Listing
 from vault_zpa.reconcile import Scope, TypeRule, desired
 
@@ -131,7 +133,7 @@ def connector_policy(
             microtenant_id=microtenant_id,
         )
     leaf = path.rsplit("/", 1)[-1]
-    name = f"vault-zpa-{association_type.value.lower().replace('_', '-')}-{leaf}"[:128]
+    name = _bounded(f"vault-zpa-{association_type.value.lower().replace('_', '-')}-{leaf}")
     full = _paths(mount, kv_version, "data", path)
     text = f"""# vault-zpa: {association_type.value} group {_comment(group_name)} reads its key.
 path "{full}" {{
@@ -144,6 +146,40 @@ path "auth/token/lookup-self" {{
 }}
 """
     return Policy(name, text)
+
+
+MAX_NAME = 128
+
+
+def _bounded(name: str) -> str:
+    """At most MAX_NAME characters: a longer name is cut and suffixed with a hash of the whole,
+    so two long names that share their first 128 characters stay two policies."""
+    if len(name) <= MAX_NAME:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+    return f"{name[: MAX_NAME - 13]}-{digest}"
+
+
+def check_distinct(policies: Iterable[Policy]) -> list[Policy]:
+    """Vault lowercases policy names, so `Lab` and `LAB` would be one policy, the second write
+    replacing the first's grant. Refused (ConfigError, one line) before anything is written;
+    the same policy asked for twice is kept once."""
+    seen: dict[str, Policy] = {}
+    out = []
+    for item in policies:
+        key = item.name.lower()
+        other = seen.get(key)
+        if other is None:
+            seen[key] = item
+            out.append(item)
+        elif other != item:
+            raise ConfigError(
+                f"policies {other.name!r} and {item.name!r} would be one Vault policy "
+                f"({key!r}: Vault lowercases policy names); nothing was written",
+                hint="Vault policy names ignore case: rename one of the groups in ZPA, or write "
+                "a policy of your own granting both paths",
+            )
+    return out
 
 
 def _comment(text: str) -> str:

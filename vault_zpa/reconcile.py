@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from vault_zpa import layout
 from vault_zpa.model import (
     MANAGED_BY,
+    SYNCED_VERSION,
     Action,
     AssociationType,
     Listing,
@@ -320,7 +321,7 @@ def _plan_group(
     if current.data is None:
         return write(Action.UPDATE, "current version is deleted; writing the key again")
     if comparable(current.data) != same:
-        return write(Action.UPDATE, _why_changed(comparable(current.data), same))
+        return write(Action.UPDATE, _why_changed(comparable(current.data), same, current))
     changed = sorted(k for k, v in volatile.items() if current.custom_metadata.get(k) != v)
     if changed:
         return write(Action.METADATA, f"metadata changed: {', '.join(changed)}")
@@ -422,10 +423,18 @@ def _why_no_key(keys: Sequence[ProvisioningKey], pattern: re.Pattern[str] | None
     return f"no eligible key ({len(unusable)} unusable, {counts}): {shown}{more}"
 
 
-def _why_changed(old: Mapping[str, str], new: Mapping[str, str]) -> str:
+def _why_changed(old: Mapping[str, str], new: Mapping[str, str], current: StoredSecret) -> str:
+    """Which side changed. vault-zpa records the version it wrote (`synced_version`); a newer
+    version at the path was written by someone else, so the difference is an edit in Vault."""
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    ours = current.custom_metadata.get(SYNCED_VERSION)
+    if ours is not None and current.version and ours != str(current.version):
+        return (
+            f"changed in Vault: {', '.join(changed)} (version {current.version} was not "
+            f"written by vault-zpa, which wrote version {ours}); restoring ZPA's key"
+        )
     if old.get("key_id") != new.get("key_id"):
         return "ZPA now selects a different key"
-    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     return f"changed in ZPA: {', '.join(changed)}"
 
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
-from vault_zpa.model import Action, ItemResult, Outcome, Report
+from vault_zpa.model import Action, ItemResult, Listing, Outcome, Report
 
 SCHEMA_VERSION = 1
 
@@ -33,12 +35,14 @@ def to_json(report: Report, *, mount: str, reveal: bool = False) -> dict[str, An
             }
             for listing in report.listings
         ],
-        "items": [_item(r, reveal) for r in report.results],
+        "items": [_item(r, reveal, mount) for r in report.results],
         "errors": list(report.errors),
     }
 
 
-def _item(result: ItemResult, reveal: bool) -> dict[str, Any]:
+def _item(result: ItemResult, reveal: bool, mount: str) -> dict[str, Any]:
+    """`path` is relative to the mount (schema 1, kept); `kv_path` is what the text PATH column
+    shows and what `vault kv get` takes."""
     item = result.item
     key = item.key
     out: dict[str, Any] = {
@@ -46,6 +50,7 @@ def _item(result: ItemResult, reveal: bool) -> dict[str, Any]:
         "outcome": result.outcome.value,
         "association_type": item.association_type.value,
         "path": item.path,
+        "kv_path": f"{mount}/{item.path}",
         "group_id": item.group_id,
         "group_name": item.group_name,
         "key_id": key.id if key else None,
@@ -61,6 +66,38 @@ def _item(result: ItemResult, reveal: bool) -> dict[str, Any]:
     return out
 
 
+def not_found(groups: Iterable[str], listings: Iterable[Listing]) -> list[str]:
+    """`--group` names no listing has a key for (a typo, most likely). Only said when every
+    listing is complete: a group in a failed listing is not known to be missing."""
+    listings = list(listings)
+    if any(not listing.complete for listing in listings):
+        return []
+    names = {k.group_name for listing in listings for k in listing.keys}
+    return sorted(g for g in set(groups) if g not in names)
+
+
+def for_kv_version(report: Report, kv_version: int) -> Report:
+    """On KV v1, where --prune is refused, an orphan's hint must not say to use it."""
+    if kv_version != 1:
+        return report
+    results = tuple(
+        replace(
+            r,
+            item=replace(
+                r.item,
+                reason=r.item.reason.replace(
+                    "use --prune to soft-delete",
+                    "remove it by hand if unused (--prune needs a KV v2 mount)",
+                ),
+            ),
+        )
+        if r.item.action is Action.ORPHAN
+        else r
+        for r in report.results
+    )
+    return replace(report, results=results)
+
+
 def summary_counts(report: Report) -> dict[str, int]:
     counts = Counter(r.item.action.value for r in report.results)
     out = {action.value: counts.get(action.value, 0) for action in Action}
@@ -69,14 +106,26 @@ def summary_counts(report: Report) -> dict[str, int]:
 
 
 def summary_line(report: Report) -> str:
+    """One true line: what was done (or, in a dry run, what would be), and what went wrong."""
     counts = summary_counts(report)
     parts = [f"{counts[a.value]} {a.value}" for a in Action if counts[a.value]]
     if counts["failed"]:
         parts.append(f"{counts['failed']} FAILED")
-    verb = "would change" if report.dry_run else "done"
     head = "dry run" if report.dry_run else "sync"
+    listings = report.listings
+    if listings and all(not listing.complete for listing in listings):
+        return f"{head}: nothing was listed: every ZPA listing failed ({len(listings)} error(s))"
     body = ", ".join(parts) if parts else "nothing to do"
-    tail = f"; {len(report.errors)} listing error(s)" if report.errors else ""
+    if report.dry_run:
+        writes = sum(1 for r in report.results if r.outcome is Outcome.PLANNED)
+        verb = f"{writes} would be written" if writes else "nothing would change"
+    elif counts["failed"]:
+        verb = "the rest done"
+    else:
+        verb = "done"
+    tail = (
+        f"; {len(report.errors)} listing error(s), those types not synced" if report.errors else ""
+    )
     return f"{head}: {body} ({verb}){tail}"
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from vault_zpa.model import Action, PlanItem, StoredSecret
+from vault_zpa.model import Action, PlanItem, ProvisioningKey, StoredSecret
 from vault_zpa.rotation import RotationSettings, decide
 from vault_zpa.sync import Snapshot
 
@@ -59,9 +59,11 @@ def rows(snapshot: Snapshot, rotation: RotationSettings | None = None) -> list[G
     out = []
     for item in snapshot.plan.items:
         stored = snapshot.stored.get(item.path)
-        row = _row(item, stored)
+        held = None
         if stored is not None and stored.data is not None:
             held = by_id.get((item.association_type, stored.data.get("key_id", "")))
+        row = _row(item, stored, held)
+        if stored is not None and stored.data is not None:
             policy = rotation.policy(item.association_type, item.group_name)
             decision = decide(
                 stored,
@@ -81,10 +83,12 @@ def rows(snapshot: Snapshot, rotation: RotationSettings | None = None) -> list[G
     return out
 
 
-def _row(item: PlanItem, stored: StoredSecret | None) -> GroupStatus:
+def _row(item: PlanItem, stored: StoredSecret | None, held: ProvisioningKey | None) -> GroupStatus:
     data = (stored.data if stored else None) or {}
     meta = stored.custom_metadata if stored else {}
-    key = item.key
+    # The key Vault holds, as ZPA lists it now: once it is used up, the plan has no key for the
+    # group, and the metadata still says what the last sync saw (8/10 for a key now at 10/10).
+    key = held or item.key
     usage = key.usage_count if key else _int(meta.get("usage_count"))
     max_usage = key.max_usage if key else _int(data.get("max_usage"))
     return GroupStatus(
@@ -110,8 +114,24 @@ def _int(value: str | None) -> int | None:
         return None
 
 
+# States that need a person (exit 1). `stale-metadata` (only usage or lease facts moved) and a
+# rotation that is merely due or waiting are what a scheduled sync handles by itself.
+ATTENTION = frozenset({"missing", "drift", "orphan", "conflict", "no-eligible-key"})
+
+
+def needs_attention(snapshot: Snapshot, rotation: RotationSettings | None = None) -> bool:
+    """Exit 1 for `vault-zpa status`: a listing failed, or a row needs a sync or a person."""
+    return bool(snapshot.errors) or any(
+        r.state in ATTENTION or r.rotation == "needs-human" for r in rows(snapshot, rotation)
+    )
+
+
 def to_json(
-    snapshot: Snapshot, *, mount: str, rotation: RotationSettings | None = None
+    snapshot: Snapshot,
+    *,
+    mount: str,
+    rotation: RotationSettings | None = None,
+    not_found: list[str] | None = None,
 ) -> dict[str, Any]:
     items = rows(snapshot, rotation)
     return {
@@ -122,16 +142,24 @@ def to_json(
         "groups": [
             {
                 **{k: getattr(r, k) for k in r.__dataclass_fields__},
+                "kv_path": f"{mount}/{r.path}",
                 "usage_ratio": r.usage_ratio,
                 "near_exhaustion": r.near_exhaustion,
             }
             for r in items
         ],
         "errors": list(snapshot.errors),
+        "not_found": list(not_found or []),
     }
 
 
-def to_text(snapshot: Snapshot, *, mount: str, rotation: RotationSettings | None = None) -> str:
+def to_text(
+    snapshot: Snapshot,
+    *,
+    mount: str,
+    rotation: RotationSettings | None = None,
+    not_found: list[str] | None = None,
+) -> str:
     items = rows(snapshot, rotation)
     header = ("TYPE", "GROUP", "STATE", "KEY (IN VAULT)", "USAGE", "LAST SYNCED", "LEASE EXPIRES")
     table = [header]
@@ -166,6 +194,8 @@ def to_text(snapshot: Snapshot, *, mount: str, rotation: RotationSettings | None
             )
     for error in snapshot.errors:
         lines.append(f"error: {error}")
+    for name in not_found or []:
+        lines.append(f"not found: no group named {name!r} has a key in ZPA")
     drift = sum(1 for r in items if r.state != "in-sync")
     lines.append(
         f"status: {len(items)} group(s), {drift} not in sync"

@@ -21,6 +21,7 @@ from vault_zpa import layout, reconcile
 from vault_zpa.concurrency import ordered_map
 from vault_zpa.errors import CasConflict, VaultZpaError, ZpaError
 from vault_zpa.model import (
+    SYNCED_VERSION,
     Action,
     AssociationType,
     ItemResult,
@@ -465,6 +466,8 @@ def _apply(store: KvStore, item: PlanItem, guard: Callable[[], int | None] | Non
             version = store.write(
                 item.path, item.data, cas=item.expected_version, custom_metadata=meta
             )
+            if version:  # as the store recorded it (KV v2), so the warm state agrees with Vault
+                meta[SYNCED_VERSION] = str(version)
         elif item.action in (Action.METADATA, Action.SKIPPED):
             store.write_metadata(item.path, meta)
         elif item.action is Action.PRUNE:

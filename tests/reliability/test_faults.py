@@ -227,7 +227,7 @@ def test_vault_faults(sim: ZpaSimulator, vault: Vault, recorder: Recorder) -> No
     ]
     vault.api("POST", "auth/token/revoke", json={"token": revoked}).raise_for_status()
     dead = run_cli("sync", env={**env, "VAULT_TOKEN": revoked})
-    ok = dead.returncode == 1 and "invalid, expired or revoked" in dead.stderr
+    ok = dead.returncode == 2 and "invalid, expired or revoked" in dead.stderr
     ok = ok and converged(sim, vault)
     recorder.trial(
         "Vault",

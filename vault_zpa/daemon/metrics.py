@@ -36,6 +36,16 @@ class EngineCollector(Collector):
         for result in ("success", "partial", "error"):
             syncs.add_metric([result], state.syncs[result])
         yield syncs
+        # The last run's result as a gauge: an alert on "the last run failed" resolves with the
+        # next good run, which a window over the counters above cannot say as plainly.
+        last_result = GaugeMetricFamily(
+            "vault_zpa_last_sync_result",
+            "1 for the result of this replica's last sync run, 0 for the others",
+            labels=["result"],
+        )
+        for result in ("success", "partial", "error"):
+            last_result.add_metric([result], 1 if state.last_result == result else 0)
+        yield last_result
         items = CounterMetricFamily(
             "vault_zpa_items", "Planned items by action and outcome", labels=["action", "outcome"]
         )
@@ -54,6 +64,11 @@ class EngineCollector(Collector):
         )
         yield CounterMetricFamily(
             "vault_zpa_zpa_retries", "Retried ZPA requests", value=stats.retries
+        )
+        yield CounterMetricFamily(
+            "vault_zpa_zpa_rate_limit_wait_seconds",
+            "Seconds spent waiting on the client-side ZPA rate limiter",
+            value=stats.limiter_wait,
         )
         vreq = CounterMetricFamily(
             "vault_zpa_vault_requests", "Vault requests", labels=["kind", "outcome"]

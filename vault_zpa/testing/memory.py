@@ -9,7 +9,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from vault_zpa.errors import CasConflict
-from vault_zpa.model import StoredSecret
+from vault_zpa.model import SYNCED_VERSION, StoredSecret
 
 
 @dataclass
@@ -69,7 +69,7 @@ class MemoryKvStore:
             entry.versions.append(dict(data))
             self.writes += 1
             version = len(entry.versions)
-        self.write_metadata(path, custom_metadata, remove=remove)
+        self.write_metadata(path, {**custom_metadata, SYNCED_VERSION: str(version)}, remove=remove)
         return version
 
     def write_metadata(

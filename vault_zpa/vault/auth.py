@@ -182,6 +182,13 @@ class TokenManager:
             hvac.exceptions.Unauthorized,
             hvac.exceptions.InvalidPath,
         ) as exc:
+            reason = _first_error(exc)
+            namespace = getattr(client.adapter, "namespace", None)
+            if namespace and "namespace" in reason.lower() and "not found" in reason.lower():
+                raise VaultAuthError(
+                    f"Vault has no namespace {namespace!r} (VAULT_NAMESPACE)",
+                    hint="check VAULT_NAMESPACE (`vault namespace list`), or unset it",
+                ) from None
             if isinstance(self.method, TokenAuth):
                 raise VaultAuthError(
                     "the Vault token is invalid, expired or revoked, or its policy may not "
@@ -193,11 +200,8 @@ class TokenManager:
                 f"Vault {self.method.describe} login was refused: {_first_error(exc)}",
                 hint="check the credentials and the auth mount",
             ) from None
-        except requests.exceptions.SSLError:
-            raise VaultTlsError(
-                f"TLS verification of Vault at {getattr(client, 'url', '?')} failed",
-                hint="set VAULT_CACERT or VAULT_CAPATH to the CA that signed Vault's certificate",
-            ) from None
+        except requests.exceptions.SSLError as exc:
+            raise tls_error(str(getattr(client, "url", "?")), exc) from None
         except (
             hvac.exceptions.VaultDown,
             hvac.exceptions.InternalServerError,
@@ -206,7 +210,7 @@ class TokenManager:
         ) as exc:
             raise VaultUnavailable(
                 f"Vault at {getattr(client, 'url', '?')} is unreachable or failing during "
-                f"{self.method.describe} login ({type(exc).__name__})",
+                f"{self.method.describe} login ({transport_reason(exc)})",
                 hint="check VAULT_ADDR and that Vault is running and unsealed",
             ) from None
         self.logins += 1
@@ -242,6 +246,38 @@ class TokenManager:
             self._renew_at = now + max(5.0, self._login.ttl / 3) if self._login.ttl else 0.0
             return
         self._do_login(now)
+
+
+def tls_error(addr: str, exc: Exception) -> VaultTlsError:
+    """Tell 'https:// to a plain-http listener' (a wrong VAULT_ADDR) from an untrusted
+    certificate: both surface as SSLError, and the second's advice is useless for the first."""
+    text = str(exc)
+    if "WRONG_VERSION_NUMBER" in text or "wrong version number" in text or "record layer" in text:
+        return VaultTlsError(
+            f"VAULT_ADDR is {addr}, but Vault there answers plain HTTP, not TLS",
+            hint="use http:// in VAULT_ADDR (loopback dev servers), or enable TLS on Vault",
+        )
+    return VaultTlsError(
+        f"TLS verification of Vault at {addr} failed",
+        hint="set VAULT_CACERT or VAULT_CAPATH to the CA that signed Vault's certificate",
+    )
+
+
+def transport_reason(exc: Exception) -> str:
+    """'connection refused', 'timed out', ... rather than the class name alone."""
+    text = str(exc).lower()
+    for needle, reason in (
+        ("connection refused", "connection refused"),
+        ("name or service not known", "host name not found"),
+        ("nodename nor servname", "host name not found"),
+        ("temporary failure in name resolution", "host name not found"),
+        ("timed out", "timed out"),
+        ("no route to host", "no route to host"),
+        ("network is unreachable", "network unreachable"),
+    ):
+        if needle in text:
+            return reason
+    return type(exc).__name__
 
 
 def _first_error(exc: hvac.exceptions.VaultError) -> str:

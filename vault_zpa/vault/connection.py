@@ -23,10 +23,9 @@ from vault_zpa.errors import (
     VaultAuthError,
     VaultError,
     VaultPermissionDenied,
-    VaultTlsError,
     VaultUnavailable,
 )
-from vault_zpa.vault.auth import AuthMethod, TokenManager
+from vault_zpa.vault.auth import AuthMethod, TokenManager, tls_error, transport_reason
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -87,6 +86,10 @@ class VaultConnection:
         # (and its sockets with it) the next time a thread asks for one.
         self._sessions: list[tuple[threading.Thread, requests.Session]] = []
         self._pool: ThreadPoolExecutor | None = None
+        self._quiet_until = 0.0  # the next "waiting for Vault" warning, not before
+        # Calls in flight by thread: (started, what), so a progress display can say what a
+        # run waits for while a connection hangs, before any error or retry could tell.
+        self._pending: dict[int, tuple[float, str]] = {}
 
     def __repr__(self) -> str:
         return f"VaultConnection({self.addr!r}, namespace={self.namespace!r})"
@@ -172,6 +175,30 @@ class VaultConnection:
         """Run one Vault request with retries for transient failures (connection refused,
         5xx, sealed) inside the retry budget; translate everything else once."""
         deadline = time.monotonic() + self.retry_budget
+        me = threading.get_ident()
+        self._pending[me] = (time.monotonic(), f"{capability} {path} at {self.addr}")
+        try:
+            return self._call(fn, path=path, capability=capability, kind=kind, deadline=deadline)
+        finally:
+            self._pending.pop(me, None)
+
+    def oldest_pending(self) -> tuple[float, str] | None:
+        """(seconds, what) of the longest-running Vault call now in flight, if any."""
+        calls = list(self._pending.values())
+        if not calls:
+            return None
+        started, what = min(calls)
+        return time.monotonic() - started, what
+
+    def _call(
+        self,
+        fn: Callable[[hvac.Client], T],
+        *,
+        path: str,
+        capability: str,
+        kind: str,
+        deadline: float,
+    ) -> T:
         attempt = 0
         relogged = False
         while True:
@@ -216,24 +243,35 @@ class VaultConnection:
                     f"Vault at {self.addr} is {'sealed or in standby' if sealed else 'failing'} "
                     f"({type(exc).__name__}) during {capability} on {path!r}"
                 )
-            except requests.exceptions.SSLError:
+            except requests.exceptions.SSLError as exc:
                 self.count(kind, "error")
-                raise VaultTlsError(
-                    f"TLS verification of Vault at {self.addr} failed",
-                    hint="set VAULT_CACERT or VAULT_CAPATH to the CA that signed Vault's "
-                    "certificate",
-                ) from None
+                raise tls_error(self.addr, exc) from None
             except requests.exceptions.RequestException as exc:
                 self.count(kind, "error")
                 failure = VaultUnavailable(
-                    f"Vault at {self.addr} is unreachable ({type(exc).__name__})",
+                    f"Vault at {self.addr} is unreachable ({transport_reason(exc)})",
                     hint="check VAULT_ADDR and that Vault is running",
                 )
             wait = min(10.0, 0.25 * 2 ** (attempt - 1)) * self._rng.uniform(0.5, 1.0)
             if time.monotonic() + wait > deadline:
                 raise failure
+            self._say_waiting(failure, deadline)
             log.debug("retrying Vault %s on %s in %.2fs: %s", capability, path, wait, failure)
             self._sleep(wait)
+
+    def _say_waiting(self, failure: VaultError, deadline: float) -> None:
+        """One warning when Vault stops answering (then at most one every 10 s), so a person
+        sees what the run is waiting for and for how long, instead of a minute of silence."""
+        now = time.monotonic()
+        with self._count_lock:
+            if now < self._quiet_until:
+                return
+            self._quiet_until = now + 10.0
+        log.warning(
+            "waiting for Vault: %s; retrying for up to %.0fs more (VAULT_ZPA_VAULT_RETRY_BUDGET)",
+            failure.message,
+            max(0.0, deadline - now),
+        )
 
     def _token_is_dead(self) -> bool:
         """Vault answers 403 both for 'policy says no' and 'token revoked/expired'; tell apart."""

@@ -18,7 +18,7 @@ import hvac
 import hvac.exceptions
 
 from vault_zpa.errors import CasConflict, VaultError, VaultMountError, VaultPermissionDenied
-from vault_zpa.model import StoredSecret, interned
+from vault_zpa.model import SYNCED_VERSION, StoredSecret, interned
 from vault_zpa.vault.connection import VaultConnection
 
 V1_META_PREFIX = "_meta_"
@@ -59,7 +59,12 @@ class KvStore(Protocol):
 
 
 def detect_kv_version(conn: VaultConnection, mount: str) -> int:
-    """Read `sys/mounts/<mount>`: 1 or 2; a missing or non-KV mount is a configuration error."""
+    """1 or 2, as `vault kv get` finds it: `sys/internal/ui/mounts/<mount>` (any token with a
+    capability under the mount may read it, so a connector's policy is enough), else
+    `sys/mounts/<mount>`. A missing or non-KV mount is a configuration error."""
+    version = preflight_kv_version(conn, mount)
+    if version is not None:
+        return version
     missing = VaultMountError(
         f"Vault has no secrets engine mounted at {mount!r}",
         hint=f"enable one: vault secrets enable -path={mount} kv-v2",
@@ -83,6 +88,45 @@ def detect_kv_version(conn: VaultConnection, mount: str) -> int:
         if "no secret engine mount" in exc.message.lower():
             raise missing from None
         raise
+    return _version_of(info, mount)
+
+
+def preflight_kv_version(conn: VaultConnection, mount: str) -> int | None:
+    """GET sys/internal/ui/mounts/<mount> (the vault CLI's KV preflight): the version, or None
+    when this Vault or this token will not say (then the caller falls back). A path that is
+    not a KV mount at all is refused here already."""
+    try:
+        info = conn.call(
+            lambda c: c.adapter.get(f"/v1/sys/internal/ui/mounts/{mount}"),
+            path=f"sys/internal/ui/mounts/{mount}",
+            capability="read",
+            kind="sys",
+        )
+    except (hvac.exceptions.InvalidPath, VaultPermissionDenied):
+        return None
+    except VaultError as exc:
+        if exc.exit_code == 2:
+            raise  # a refused token or TLS: no fallback will do better
+        return None
+    data = info.get("data", info) if isinstance(info, dict) else {}
+    if data.get("path", "").rstrip("/") != mount.strip("/"):
+        return None  # the mount is deeper or elsewhere: let sys/mounts say it precisely
+    return _version_of(info, mount)
+
+
+def check_kv_version(conn: VaultConnection, mount: str, configured: int) -> None:
+    """VAULT_ZPA_KV_VERSION set by hand: refuse it (one line, exit 2) when the mount says
+    otherwise, instead of writing v2 paths into a v1 mount or reading v1 paths of a v2 one."""
+    actual = preflight_kv_version(conn, mount)
+    if actual is not None and actual != configured:
+        raise VaultMountError(
+            f"VAULT_ZPA_KV_VERSION={configured}, but the mount {mount!r} is KV v{actual}",
+            hint="unset VAULT_ZPA_KV_VERSION (vault-zpa detects the version) or set it to "
+            f"{actual}",
+        )
+
+
+def _version_of(info: Any, mount: str) -> int:
     data = info.get("data", info) if isinstance(info, dict) else {}
     if data.get("type") not in ("kv", "generic"):
         raise VaultMountError(f"the mount {mount!r} is a {data.get('type')!r} engine, not KV")
@@ -200,7 +244,8 @@ class HvacKvStore:
         custom_metadata: Mapping[str, str],
         remove: Collection[str] = (),
     ) -> int:
-        """v2: POST data with options.cas, then PATCH metadata. Returns the new version."""
+        """v2: POST data with options.cas, then PATCH metadata (with `synced_version`, the
+        version written). Returns the new version."""
         if self.kv_version == 1:
             self._write_v1(path, data, custom_metadata, remove=remove)
             return 0
@@ -217,8 +262,11 @@ class HvacKvStore:
         except CasConflict:
             raise CasConflict(path=path, expected_version=cas) from None
         version = int((body.get("data") or {}).get("version") or 0)
-        # A new secret gets our max_versions once; afterwards it is the operator's to change.
-        self._patch_metadata(path, custom_metadata, remove, first=version == 1)
+        # The version we wrote, so a later read tells an edit made in Vault (a newer version)
+        # from a change in ZPA. A new secret gets our max_versions once; afterwards it is the
+        # operator's to change.
+        meta = {**custom_metadata, SYNCED_VERSION: str(version)}
+        self._patch_metadata(path, meta, remove, first=version == 1)
         return version
 
     def write_metadata(
