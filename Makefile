@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit clean venv bench bench-smoke reliability
+.PHONY: demo test lint typecheck unit clean venv bench bench-smoke reliability tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,10 +24,30 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy vault_zpa
 
-unit: $(STAMP)
+unit: $(STAMP) tools
 	$(BIN)/pytest -m "not slow" -q
 
-test: lint typecheck unit
+test: tools lint typecheck unit
+
+# promtool and prometheus (tests/test_alerts.py) from Debian's `prometheus` package, installed
+# only when missing; quiet and idempotent. Without apt-get those tests skip and say why. The
+# package's own service is not wanted here: on a systemd host it is stopped and disabled.
+APT := DEBIAN_FRONTEND=noninteractive apt-get -qq -o=Dpkg::Use-Pty=0
+tools:
+	@if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	    echo "make tools: installing promtool and prometheus (Debian package prometheus)"; \
+	    $$SUDO env $(APT) install -y --no-install-recommends prometheus >/dev/null 2>&1 \
+	      || { $$SUDO env $(APT) update >/dev/null && \
+	           $$SUDO env $(APT) install -y --no-install-recommends prometheus >/dev/null; } \
+	      || exit 1; \
+	    if [ -d /run/systemd/system ]; then \
+	      $$SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true; fi; \
+	  else \
+	    echo "make tools: no promtool and no apt-get: the Prometheus tests will be skipped"; \
+	  fi; \
+	fi
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench

@@ -479,7 +479,12 @@ def _apply(store: KvStore, item: PlanItem, guard: Callable[[], int | None] | Non
             "%s %s",
             item.action.value,
             item.path,
-            extra={"action": item.action.value, "path": item.path},
+            extra={
+                "action": item.action.value,
+                "path": item.path,
+                "writer_lease": meta.get("writer_lease"),
+                "version": version,
+            },
         )
         return ItemResult(item, Outcome.DONE, version=version, metadata=meta)
     except VaultZpaError as exc:

@@ -135,6 +135,19 @@ class RaftCluster:
             f"sys/mounts/{self.mount}",
             json={"type": "kv", "options": {"version": "2"}},
         )
+        self._wait(
+            lambda: all(self._kv_ready(n) for n in self.nodes), timeout, "KV v2 on every node"
+        )
+
+    def _kv_ready(self, node: Node) -> bool:
+        """A new KV v2 mount answers 400 on standbys until the active node has set it up."""
+        response = httpx.request(
+            "LIST",
+            f"{node.addr}/v1/{self.mount}/metadata/",
+            headers={"X-Vault-Token": self.root_token},
+            timeout=5.0,
+        )
+        return response.status_code in (200, 404)
 
     def stop(self) -> None:
         for node in self.nodes:

@@ -30,6 +30,8 @@ from vault_zpa.vault.auth import AuthMethod, TokenManager, tls_error, transport_
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# What a KV v2 mount answers (400) on a standby until the active node has upgraded it.
+KV_UPGRADING = "Waiting for the primary to upgrade from non-versioned to versioned data"
 CAS_MISMATCH = "check-and-set parameter did not match the current version"
 
 
@@ -201,6 +203,7 @@ class VaultConnection:
     ) -> T:
         attempt = 0
         relogged = False
+        failure: VaultError
         while True:
             attempt += 1
             try:
@@ -214,9 +217,17 @@ class VaultConnection:
                 self.count(kind, "400")
                 if any(CAS_MISMATCH in str(e) for e in (exc.errors or [])):
                     raise CasConflict(path=path, expected_version=-1) from None
-                raise VaultError(
-                    f"Vault rejected {capability} on {path!r}: {_errors(exc)}"
-                ) from None
+                if any(KV_UPGRADING in str(e) for e in (exc.errors or [])):
+                    # A KV v2 mount on a Raft standby before the active node finished setting
+                    # it up (a new mount, a leader change): transient, so retried.
+                    failure = VaultUnavailable(
+                        f"Vault at {self.addr} is still setting up the KV mount during "
+                        f"{capability} on {path!r}"
+                    )
+                else:
+                    raise VaultError(
+                        f"Vault rejected {capability} on {path!r}: {_errors(exc)}"
+                    ) from None
             except (hvac.exceptions.Forbidden, hvac.exceptions.Unauthorized) as exc:
                 self.count(kind, "403")
                 if not relogged and self._token_is_dead():
@@ -229,7 +240,7 @@ class VaultConnection:
             except VaultUnavailable as exc:
                 if not exc.retryable:
                     raise
-                failure: VaultError = exc
+                failure = exc
             except (
                 hvac.exceptions.VaultDown,
                 hvac.exceptions.InternalServerError,

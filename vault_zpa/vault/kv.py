@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Collection, Mapping
+import time
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import Executor
 from typing import Any, Protocol
 
@@ -310,9 +311,7 @@ class HvacKvStore:
 
         if not self._patch_denied:
             try:
-                self.conn.call(
-                    meta, path=self._full(path, "metadata"), capability="patch", kind="metadata"
-                )
+                self._patch_after_write(meta, path)
                 return
             except VaultPermissionDenied:
                 # A policy written for an earlier vault-zpa (no "patch"): read-merge-write.
@@ -323,6 +322,23 @@ class HvacKvStore:
                     self._full(path, "metadata"),
                 )
         self._merge_metadata(path, patch)
+
+    def _patch_after_write(self, meta: Callable[[hvac.Client], Any], path: str) -> None:
+        """PATCH metadata; a 404 right after our own data write is a Raft standby that has not
+        applied that write yet (standbys serve reads locally), so it is retried briefly."""
+        for attempt in range(8):
+            try:
+                self.conn.call(
+                    meta, path=self._full(path, "metadata"), capability="patch", kind="metadata"
+                )
+                return
+            except hvac.exceptions.InvalidPath:
+                if attempt == 7:
+                    raise VaultError(
+                        f"Vault has no metadata at {self._full(path, 'metadata')!r} after "
+                        "writing it (a standby that is far behind?)"
+                    ) from None
+                time.sleep(0.05 * 2**attempt)
 
     def _merge_metadata(self, path: str, patch: Mapping[str, Any]) -> None:
         """GET then POST metadata, carrying over the settings an operator may have changed."""
