@@ -152,9 +152,7 @@ def start_prometheus(tmp_path: Path) -> Iterator[Callable[[list[str]], Prometheu
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(tmp_path / "rules.yml")],
-            "scrape_configs": [
-                {"job_name": "vault-zpa", "static_configs": [{"targets": targets}]}
-            ],
+            "scrape_configs": [{"job_name": "vault-zpa", "static_configs": [{"targets": targets}]}],
         }
         (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
         port = free_port()
@@ -221,14 +219,12 @@ def test_sync_failing_alert_fires_when_zpa_credentials_go_bad_and_resolves_when_
         what="the rule evaluated, inactive, and nothing firing",
     )
 
-    sim.client_secret = "rotated-in-zpa-not-in-the-daemon"  # noqa: S105 - a test value
+    sim.client_secret = "rotated-in-zpa-not-in-the-daemon"
     sim.expire_tokens()  # the daemon's current ZPA token is refused too: it must sign in again
     fault = time.monotonic()
     httpx.post(d.url + "/v1/sync", timeout=10)
     wait_for(lambda: d.get("/readyz").status_code == 503, timeout=30, what="a failed run")
-    wait_for(
-        lambda: "VaultZpaSyncFailing" in prom.firing(), timeout=20, what="the alert firing"
-    )
+    wait_for(lambda: "VaultZpaSyncFailing" in prom.firing(), timeout=20, what="the alert firing")
     fired_after = time.monotonic() - fault
     assert prom.firing() == {"VaultZpaSyncFailing"}  # nothing else: the daemon is up, leads
 
@@ -237,8 +233,10 @@ def test_sync_failing_alert_fires_when_zpa_credentials_go_bad_and_resolves_when_
     httpx.post(d.url + "/v1/sync", timeout=10)
     wait_for(lambda: d.get("/readyz").status_code == 200, timeout=30, what="a good run")
     wait_for(
-        lambda: prom.rule_state("VaultZpaSyncFailing") == "inactive"
-        and "VaultZpaSyncFailing" not in prom.firing(),
+        lambda: (
+            prom.rule_state("VaultZpaSyncFailing") == "inactive"
+            and "VaultZpaSyncFailing" not in prom.firing()
+        ),
         timeout=20,
         what="the alert resolved",
     )

@@ -1023,6 +1023,11 @@ def demo(
     demo_module.run(keep_running=keep_running, echo=click.echo)
 
 
+from vault_zpa.doctor import doctor  # noqa: E402 - its own module; registered here
+
+cli.add_command(doctor)
+
+
 def main() -> None:
     """Entry point: the one place that turns errors into exit codes."""
     args = sys.argv[1:]
