@@ -225,3 +225,41 @@ def test_status_reports_usage_drift_and_orphans(sim: ZpaSimulator, vault: Vault)
     assert "warning:" in text.stdout
     assert "8/10 !" in text.stdout
     assert key["provisioningKey"] not in text.stdout + result.stdout
+
+
+def test_status_marks_expired_leases_and_says_when_nothing_rotates_them(
+    sim: ZpaSimulator, vault: Vault, tmp_path: Path
+) -> None:
+    """The simulator's keys are months old, past the 30-day lease: with rotation off, status
+    marks each lease expired and says nothing will rotate them; with rotation on, the note
+    goes."""
+    env = clean_env(sim.env(), vault.env)
+    sync_json(env=env)
+    off = run_cli("status", env=env)
+    assert "note: 5 lease(s) have expired (!) and rotation is off" in off.stdout, off.stdout
+    assert off.stdout.count(" !") >= 5
+    due = run_cli("rotate", "--all-due", "--dry-run", env=env)
+    assert "rotate: nothing is due (rotation is off for every type)" in due.stdout
+    config = tmp_path / "rotation.toml"
+    config.write_text("[association_type.CONNECTOR_GRP.rotation]\nenabled = true\n")
+    on = run_cli("status", "--config", str(config), env=env)
+    assert "rotation is off" not in on.stdout
+    assert on.stdout.count(" !") >= 5
+
+
+def test_fetch_from_a_missing_mount_is_a_configuration_error(vault: Vault, tmp_path: Path) -> None:
+    """A mount that does not exist is exit 2 naming the mount, not 'no provisioning key'."""
+    env = clean_env(vault.env, {"VAULT_ZPA_MOUNT": "no-such-mount", "VAULT_ZPA_KV_VERSION": "2"})
+    done = run_cli(
+        "fetch",
+        "--association-type",
+        "CONNECTOR_GRP",
+        "--group",
+        "G",
+        "--out",
+        str(tmp_path / "key"),
+        env=env,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "no secrets engine mounted at 'no-such-mount'" in done.stderr
+    assert not (tmp_path / "key").exists()

@@ -440,6 +440,9 @@ def test_cron_jitter_and_interval_jitter_reach_the_trigger() -> None:
         ("0 0 * * 8", "not a day of the week"),
         ("0 0 * * 5-1", "backwards"),
         ("@sometimes", "unknown macro"),
+        ("0 0 30 2 *", "never fires"),  # Feb 30: would start, sync once, then never again
+        ("0 0 31 4,6,9,11 *", "never fires"),
+        ("\u0661 * * * *", "only ASCII"),  # Arabic-Indic one, which int() reads as 1
     ],
 )
 def test_a_bad_cron_expression_is_one_clear_line(value: str, says: str) -> None:
@@ -454,6 +457,93 @@ def test_schedule_describe_says_what_it_does() -> None:
         "cron '*/10 * * * *' (UTC), jitter up to 5s"
     )
     assert schedule.Schedule(interval=300, jitter=0).describe() == "every 300s, jitter up to 0s"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"all_due": true, "dryrun": true}',  # a typo must not become a real rotation
+        b'{"all_due": true, "dry-run": true}',
+        b'{"association_type": "CONNECTOR_GRP", "groups": ["g"], "group": "h"}',
+    ],
+)
+def test_a_rotate_body_with_an_unknown_field_is_refused(body: bytes) -> None:
+    from vault_zpa.daemon.http import parse_rotate
+
+    with pytest.raises(ValueError, match="unknown field"):
+        parse_rotate(body)
+    assert parse_rotate(b'{"all_due": true, "dry_run": true}')["dry_run"] is True
+
+
+def test_the_listener_binds_an_ipv6_loopback_address() -> None:
+    """`--listen [::1]:PORT` passed check_listen but the server was IPv4-only: exit 2 with
+    "'::1' is not an address" after a Vault login."""
+    import socket as socket_mod
+
+    from vault_zpa.daemon.http import Handler, Server
+
+    if not socket_mod.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    try:
+        server = Server(("::1", 0), Handler, max_connections=1)
+    except OSError as exc:  # IPv6 present but ::1 not configured
+        pytest.skip(f"::1 not usable here: {exc}")
+    try:
+        assert server.address_family == socket_mod.AF_INET6
+    finally:
+        server.server_close()
+
+
+def test_rotate_daemon_that_stops_while_the_cli_waits_is_reported_as_unknown() -> None:
+    """The daemon accepted the request, then stopped (SIGTERM closes the listener right after
+    failing queued requests): the waiting CLI says it lost contact and the outcome is unknown
+    (exit 1), instead of the bare "cannot reach the daemon ... is it running?"."""
+    import json as json_mod
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from vault_zpa.daemon.client import DaemonRequestFailed, ask
+
+    class Accepting(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            body = json_mod.dumps({"accepted": True, "id": "abc123"}).encode()
+            self.send_response(202)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = HTTPServer(("127.0.0.1", 0), Accepting)
+
+    def serve_the_post_then_stop() -> None:
+        server.handle_request()
+        server.server_close()  # a GET waiting in the backlog is reset at once
+
+    thread = threading.Thread(target=serve_the_post_then_stop, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with pytest.raises(DaemonRequestFailed, match=r"lost contact .* abc123") as raised:
+            ask(
+                url,
+                association_type="CONNECTOR_GRP",
+                groups=("g",),
+                all_due=False,
+                dry_run=False,
+                grace=None,
+                token=None,
+                wait=True,
+                timeout=5,
+                output="text",
+                echo=lambda line: None,
+                sleep=lambda seconds: None,
+            )
+        assert raised.value.exit_code == 1
+    finally:
+        thread.join(5)
+        server.server_close()
 
 
 _ = RotationSettings

@@ -272,7 +272,14 @@ def test_a_leader_lease_path_the_token_may_not_write(sim: ZpaSimulator, vault: V
 
 
 def test_a_held_leader_lease_is_shown(sim: ZpaSimulator, vault: Vault, env: dict[str, str]) -> None:
-    """A lease some replica holds is reported with its holder (read only: it stays as it is)."""
+    """A lease some replica holds is reported with its holder (read only: it stays as it is),
+    although a live lease always carries a deletion_time (delete_version_after), as the
+    daemon's does."""
+    vault.api(
+        "POST",
+        f"{vault.mount}/metadata/zpa/_vault-zpa/leader",
+        json={"delete_version_after": "60s"},
+    ).raise_for_status()
     vault.api(
         "POST", f"{vault.mount}/data/zpa/_vault-zpa/leader", json={"data": {"holder": "pod-a"}}
     ).raise_for_status()
@@ -298,3 +305,43 @@ def test_clock_skew_against_vault(sim: ZpaSimulator, vault: Vault) -> None:
     assert checks[-1].status == "warn"
     assert "behind" in checks[-1].detail
     assert doctor.exit_code(checks) == 0
+
+
+def test_vault_address_that_is_not_vault(sim: ZpaSimulator, vault: Vault) -> None:
+    """An HTTP server that is not Vault at VAULT_ADDR: any answer used to count as 'answers'
+    and 'initialized and unsealed'. Now vault.address fails and the rest is skipped."""
+    import http.server
+    import threading
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        addr = f"http://127.0.0.1:{server.server_address[1]}"
+        code, checks = run(clean_env(sim.env(), vault.env, {"VAULT_ADDR": addr}))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert code == 1
+    assert failed(checks) == ["vault.address"]
+    assert "not as Vault" in checks["vault.address"]["detail"]
+    assert {checks[n]["status"] for n in ORDER[8:]} == {"skip"}
+
+
+def test_seal_state_is_read_outside_the_namespace(sim: ZpaSimulator, vault: Vault) -> None:
+    """sys/health is root-only: asked inside VAULT_NAMESPACE, Vault answers 400 'operation
+    unavailable in namespaces', which doctor read as 'unknown version' and 'unsealed'."""
+    env = clean_env(sim.env(), vault.env, {"VAULT_NAMESPACE": "no-such-ns-" + uuid.uuid4().hex})
+    code, checks = run(env)
+    assert code == 1
+    assert "unknown version" not in checks["vault.address"]["detail"]
+    assert checks["vault.unsealed"]["status"] == "ok"
+    assert failed(checks) == ["vault.token"]
+    assert "namespace" in checks["vault.token"]["detail"]
+
+
+def test_https_to_a_plain_http_vault_is_named(sim: ZpaSimulator, vault: Vault) -> None:
+    """The same words as sync: https:// to plain http is not an untrusted certificate."""
+    addr = vault.server.addr.replace("http://", "https://")
+    code, checks = run(clean_env(sim.env(), vault.env, {"VAULT_ADDR": addr}))
+    assert code == 1
+    assert "answers plain HTTP" in checks["vault.address"]["detail"]

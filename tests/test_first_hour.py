@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -400,3 +401,104 @@ def test_off_a_terminal_progress_is_periodic_log_lines_and_a_stall_is_named(
     assert "waiting 3s for Vault (read sys/internal/ui/mounts/secret" in stalls[0].getMessage()
     periodic = [r for r in caplog.records if r.getMessage().startswith("progress: ")]
     assert len(periodic) >= 2
+
+
+# -- adversarial review: more true lines ------------------------------------------------------
+
+
+@pytest.fixture
+def not_vault() -> Iterator[str]:
+    """A plain HTTP server that is not Vault (a web server, a proxy's 404 page) on loopback."""
+    import http.server
+
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_vault_addr_that_is_not_vault_is_not_called_a_bad_token(
+    sim: ZpaSimulator, vault: Vault, not_vault: str
+) -> None:
+    """Row 2: VAULT_ADDR naming some other HTTP server answers lookup-self with 404, which
+    Vault never does for a bad token: one line saying so, not 'the Vault token is invalid'."""
+    result = run_cli("status", env=_env(sim, vault, VAULT_ADDR=not_vault), timeout=60)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "does not look like Vault or OpenBao" in lines[0]
+    assert "token is invalid" not in lines[0]
+
+
+def test_a_501_at_vault_addr_is_one_line_not_an_internal_error(
+    sim: ZpaSimulator, vault: Vault
+) -> None:
+    """A server answering 501 (hvac's VaultNotInitialized) was 'internal error', exit 1."""
+    import http.server
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        addr = f"http://127.0.0.1:{server.server_address[1]}"
+        result = run_cli("status", env=_env(sim, vault, VAULT_ADDR=addr), timeout=60)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == 2, result.stderr
+    assert "internal error" not in result.stderr
+    assert "not initialized, or it is not Vault" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_policy_apply_refuses_to_replace_another_groups_policy(
+    sim: ZpaSimulator, vault: Vault
+) -> None:
+    """`policy apply --group Lab`, later `--group LAB`: one Vault policy (names ignore case);
+    the second run used to print `updated` and take Lab's grant away. Refused, exit 2, and
+    two names with one slug are named as such, not as a case clash."""
+    env = _env(sim, vault)
+    base = "Rv" + os.urandom(4).hex()
+    first = run_cli("policy", "apply", "--association-type", CG, "--group", base, env=env)
+    assert first.returncode == 0, first.stderr
+    second = run_cli("policy", "apply", "--association-type", CG, "--group", base.upper(), env=env)
+    assert second.returncode == 2, second.stderr
+    assert "already grants group" in second.stderr
+    assert second.stdout == ""
+    name = f"vault-zpa-connector-grp-{base}".lower()
+    kept = vault.api("GET", f"sys/policies/acl/{name}").json()["data"]["policy"]
+    assert f'/{base}"' in kept  # Lab's grant is still Lab's
+    slug = run_cli(
+        "policy", "render", "--association-type", CG, "--group", "a b", "--group", "a-b", env=env
+    )
+    assert slug.returncode == 2
+    assert "map to the same secret path" in slug.stderr
+    assert "lowercases" not in slug.stderr
+
+
+def test_rotate_with_refused_zpa_credentials_exits_2_with_one_line(
+    sim: ZpaSimulator, vault: Vault
+) -> None:
+    """Row 2 names `rotate` for a refused ZPA sign-in; it used to print 'not found: no group
+    named ... with a key in Vault' (false: it is there) and exit 1, hiding the real error."""
+    env = _env(sim, vault)
+    group, _ = _first_key(sim)
+    assert run_cli("sync", env=env).returncode == 0
+    result = run_cli(
+        "rotate", "--association-type", CG, "--group", str(group["name"]), "--dry-run",
+        env={**env, "ZPA_CLIENT_SECRET": "wrong-secret"},
+    )  # fmt: skip
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "refused the credentials" in result.stderr
+    assert "not found" not in result.stdout
+    assert len(result.stderr.strip().splitlines()) == 1

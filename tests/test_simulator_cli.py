@@ -139,7 +139,8 @@ def test_background_eval_returns_and_serves_until_killed(vault: Vault) -> None:
 
 
 def test_background_reports_a_busy_port() -> None:
-    """--background on a port in use fails with one line, exit 1, instead of hanging."""
+    """--background on a port in use fails with one line, exit 2 (as the daemon's listener),
+    instead of hanging."""
     port = free_port()
     first = _start("--port", str(port))
     try:
@@ -155,9 +156,10 @@ def test_background_reports_a_busy_port() -> None:
         )
     finally:
         _stop(first)
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert done.stdout == ""
     assert "did not start" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
     assert "in use" in done.stderr
 
 

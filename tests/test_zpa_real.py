@@ -319,6 +319,35 @@ def test_503_retry_after_past_the_budget_gives_up_at_once(sim: ZpaSimulator) -> 
     assert clock.sleeps == []
 
 
+def test_a_huge_429_retry_after_does_not_stall_later_calls_past_the_budget(
+    sim: ZpaSimulator,
+) -> None:
+    """A 429 with `retry-after: 99999s` fails that call at once, and the limiter it penalises
+    holds later calls back no further than the call's budget: before the fix the next listing
+    (and a daemon's run and its SIGTERM) slept for 27 hours."""
+    clock = FakeClock()
+    zpa = client(sim, clock, budget=30.0)
+    zpa.list_provisioning_keys(CONN)
+    sim.set_faults(storm_429=1, retry_after=99999)
+    with pytest.raises(ZpaRateLimited):
+        zpa.list_provisioning_keys(CONN)
+    start = clock.now
+    assert len(zpa.list_provisioning_keys(CONN)) == 3
+    assert clock.now - start <= 30.0
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [("10s", 10.0), (" 13 ", 13.0), ("9" * 400, None), ("abc", None), ("-5", None)],
+)
+def test_retry_after_values_that_are_not_finite_seconds_are_ignored(
+    header: str, seconds: float | None
+) -> None:
+    from vault_zpa.zpa.client import parse_retry_after
+
+    assert parse_retry_after(header) == seconds
+
+
 # ---- migrated tenants, microtenants, clouds: one line, exit 2 ---------------------------------
 
 

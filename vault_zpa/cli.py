@@ -22,7 +22,7 @@ import click
 
 from vault_zpa import __version__, build, logs, report
 from vault_zpa.config import Settings, load
-from vault_zpa.errors import ConfigError, VaultZpaError
+from vault_zpa.errors import ConfigError, VaultZpaError, ZpaAuthError
 from vault_zpa.masking import Secret
 from vault_zpa.model import AssociationType
 from vault_zpa.reconcile import Scope
@@ -362,8 +362,8 @@ def daemon(
     )
     values = settings.values
     host, port = parse_listen(values["daemon.listen"])
-    check_listen(host, port)
     token = _api_token(settings)
+    check_listen(host, port, token)
     config = DaemonConfig(
         interval=values["daemon.interval"],
         cron=values["daemon.cron"] or None,
@@ -511,9 +511,10 @@ def rotate(
             "written with check-and-set, which KV v1 lacks)",
             hint="vault secrets enable -path=<new mount> kv-v2, then VAULT_ZPA_MOUNT=<new mount>",
         )
+    source = _RefusalWatch(zpa)
     try:
         snap = inspect(
-            source=zpa,
+            source=source,
             store=store,
             options=SyncOptions(
                 association_types=settings.association_types,
@@ -542,6 +543,10 @@ def rotate(
     finally:
         store.close()
         zpa.close()
+    if source.refused is not None:
+        # ZPA refused the sign-in: nothing can rotate until a person fixes the credentials
+        # (exit 2, one line), not "no group named ... with a key in Vault".
+        raise source.refused
     missing = sorted(g for g in groups if g not in {r.group_name for r in results})
     if output == "json":
         click.echo(
@@ -579,10 +584,16 @@ def rotate(
             click.echo(
                 f"{verb:12} {settings.vault.mount}/{r.path}{state}: {r.decision.reason}{error}"
             )
+        for error in snap.errors:
+            click.echo(f"error: {error}")
         for name in missing:
-            click.echo(f"not found: no group named {name!r} with a key in Vault")
+            if snap.errors:  # the group may well be there: ZPA could not say
+                click.echo(f"not rotated: {name!r} (a ZPA listing failed, above)")
+            else:
+                click.echo(f"not found: no group named {name!r} with a key in Vault")
         if not results and not missing:
-            click.echo("rotate: nothing is due")
+            off = "" if settings.rotation.any_enabled else " (rotation is off for every type)"
+            click.echo(f"rotate: nothing is due{off}")
     # A rotation that needs a person is not "all done" either.
     failed = (
         any(r.error or r.decision.action == "blocked" for r in results)
@@ -821,20 +832,29 @@ def policy_apply(
     log_format: str | None,
 ) -> None:
     """Write the policies to Vault (sys/policies/acl); unchanged ones are left alone."""
+    from vault_zpa import policy as policies
+
     settings = _type_settings(config_path, log_level, log_format, association_type)
     conn = build.vault_connection(settings.vault)
     try:
-        for item in _policies(settings, association_type, groups, all_groups, True, group_id):
+        wanted = _policies(settings, association_type, groups, all_groups, True, group_id)
+        currents = []
+        for item in wanted:  # read (and check) every one before writing any
+            path = f"sys/policies/acl/{item.name}"
+
+            def read(c: Any, name: str = str(item.name)) -> str | None:
+                return _read_policy(c, name)
+
+            current = conn.call(read, path=path, capability="read", kind="sys")
+            policies.check_replaces(item, current)
+            currents.append(current)
+        for item, current in zip(wanted, currents, strict=True):
             path = f"sys/policies/acl/{item.name}"
             name, text = str(item.name), str(item.text)
-
-            def read(c: Any, name: str = name) -> str | None:
-                return _read_policy(c, name)
 
             def write(c: Any, name: str = name, text: str = text) -> Any:
                 return c.sys.create_or_update_acl_policy(name=name, policy=text)
 
-            current = conn.call(read, path=path, capability="read", kind="sys")
             if current == text:
                 click.echo(f"unchanged {name}")
                 continue
@@ -842,6 +862,22 @@ def policy_apply(
             click.echo(f"{'created' if current is None else 'updated'} {name}")
     finally:
         conn.close()
+
+
+class _RefusalWatch:
+    """The ZPA client as rotate's key source, remembering a refused sign-in (which the sync
+    engine records as a failed listing) so the command can exit 2 with that one line."""
+
+    def __init__(self, zpa: Any) -> None:
+        self.zpa = zpa
+        self.refused: ZpaAuthError | None = None
+
+    def list_provisioning_keys(self, association_type: AssociationType) -> Any:
+        try:
+            return self.zpa.list_provisioning_keys(association_type)
+        except ZpaAuthError as exc:
+            self.refused = self.refused or exc
+            raise
 
 
 def _read_policy(client: Any, name: str) -> str | None:
@@ -979,7 +1015,7 @@ def simulator(
         try:
             text = zpa_simulator.serve_detached(start, kind=kind, env_file=env_file)
         except RuntimeError as exc:
-            raise click.ClickException(f"the simulator did not start: {exc}") from None
+            raise ConfigError(f"the simulator did not start: {exc}") from None
         click.echo(text, nl=False)
         pid = text.rstrip().rpartition("=")[2]
         click.echo(
@@ -989,7 +1025,10 @@ def simulator(
     try:
         sim = start()
     except OSError as exc:
-        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        raise ConfigError(  # exit 2, like the daemon's listener
+            f"cannot listen on {host}:{port}: {exc.strerror}",
+            hint="choose another --port (0 picks a free one)",
+        ) from None
     lines = sim.shell_lines(kind)
     try:
         if env_file:

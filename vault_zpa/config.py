@@ -164,6 +164,36 @@ def _multiline(value: Any) -> str:
     return value.strip()
 
 
+def _check_schedule(values: dict[str, Any], sources: Mapping[str, str]) -> None:
+    """One schedule, and a jitter that cannot swamp it. Both an interval and a cron given (from
+    any source) is refused rather than one silently winning; the default jitter (15s) is
+    shortened to half an interval shorter than 30s, and a jitter set longer than the interval
+    is refused (runs would drift up to interval + jitter apart)."""
+    interval, cron, jitter = (values.get(f"daemon.{k}") for k in ("interval", "cron", "jitter"))
+    where = {k: sources.get(f"daemon.{k}", "default") for k in ("interval", "cron", "jitter")}
+    if cron and where["interval"] != "default":
+        raise ConfigError(
+            f"both {where['interval']} and {where['cron']} set the daemon's schedule; set one",
+            hint="--interval DURATION or --cron EXPR (env VAULT_ZPA_INTERVAL / VAULT_ZPA_CRON)",
+        )
+    if cron or interval is None or jitter is None or jitter <= interval:
+        if (
+            not cron
+            and interval is not None
+            and jitter is not None
+            and where["jitter"] == "default"
+        ):
+            values["daemon.jitter"] = min(jitter, interval / 2)
+        return
+    if where["jitter"] == "default":
+        values["daemon.jitter"] = interval / 2
+        return
+    raise ConfigError(
+        f"{where['jitter']}: a jitter of {jitter:g}s is longer than the {interval:g}s interval",
+        hint="use a jitter at most as long as the interval",
+    )
+
+
 def _cron(value: Any) -> str:
     """A 5-field crontab expression (UTC), read as cron reads it (vault_zpa/daemon/schedule.py)."""
     from vault_zpa.daemon.schedule import parse_cron
@@ -454,6 +484,7 @@ def load(
         values[option.name] = raw
         sources[option.name] = where
     _token_helper_file(values, sources, environ)
+    _check_schedule(values, sources)
     vault = _vault_settings(values, sources)
     rules = _rules(values, type_sections, path)
     rotation = _rotation(values, type_sections, path)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -20,6 +21,10 @@ from vault_zpa.testing.zpa_simulator import ZpaSimulator
 
 
 def run(*, keep_running: bool, echo: Callable[[str], None]) -> None:
+    # SIGTERM (kill, timeout, a closed terminal's HUP) unwinds like Ctrl-C, so the `with`
+    # below stops OpenBao and the simulator instead of leaving them running.
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGHUP, _stop)
     echo("vault-zpa demo: starting OpenBao (bao server -dev) and the ZPA simulator ...")
     with (
         OpenBaoDevServer() as bao,
@@ -81,3 +86,7 @@ def run(*, keep_running: bool, echo: Callable[[str], None]) -> None:
             except KeyboardInterrupt:
                 pass
         echo("demo done; OpenBao and the simulator are stopped.")
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

@@ -35,6 +35,7 @@ import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -48,6 +49,7 @@ from vault_zpa.errors import VaultZpaError, ZpaApiError, ZpaAuthError, ZpaError,
 from vault_zpa.masking import REDACTOR, Secret
 from vault_zpa.model import AssociationType
 from vault_zpa.policy import daemon_policy
+from vault_zpa.vault.auth import tls_error
 from vault_zpa.vault.connection import TlsSettings
 from vault_zpa.vault.kv import detect_kv_version
 
@@ -247,11 +249,15 @@ class _Vault:
         self.token: Secret | None = None
         self.timeout = min(vs.timeout, PROBE_TIMEOUT)
 
-    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+    def request(
+        self, method: str, path: str, *, root: bool = False, **kwargs: Any
+    ) -> requests.Response:
         headers: dict[str, str] = {}
         if self.token is not None:
             headers["X-Vault-Token"] = self.token.reveal()
-        if self.namespace:
+        if self.namespace and not root:
+            # sys/health is root-only: in any namespace Vault answers 400 "operation
+            # unavailable in namespaces", which said nothing about seal state.
             headers["X-Vault-Namespace"] = self.namespace
         return requests.request(
             method,
@@ -279,6 +285,7 @@ def vault_checks(settings: Settings, clock: Callable[[], float]) -> Iterator[Che
         health = vault.request(
             "GET",
             "sys/health",
+            root=True,
             params={
                 "standbyok": "true",
                 "perfstandbyok": "true",
@@ -288,14 +295,10 @@ def vault_checks(settings: Settings, clock: Callable[[], float]) -> Iterator[Che
         )
         local = clock()
         body = health.json() if health.headers.get("content-type", "").startswith("app") else {}
-    except requests.exceptions.SSLError:
-        yield Check(
-            "vault.address",
-            FAIL,
-            f"Vault's TLS certificate at {vs.addr} is not trusted (or it speaks plain http)",
-            "set VAULT_CACERT (or VAULT_CAPATH) to the CA that signed it; check the scheme "
-            "of VAULT_ADDR",
-        )
+    except requests.exceptions.SSLError as exc:
+        # The same words as sync: https:// to a plain-http listener is not a CA problem.
+        tls = tls_error(vs.addr, exc)
+        yield Check("vault.address", FAIL, tls.message, tls.hint)
         for name in later:
             yield Check(name, SKIP, "skipped: Vault does not answer")
         return
@@ -305,6 +308,19 @@ def vault_checks(settings: Settings, clock: Callable[[], float]) -> Iterator[Che
             FAIL,
             f"cannot reach Vault at {vs.addr}: {type(exc).__name__}",
             "check VAULT_ADDR (scheme, host, port), DNS, proxies and the firewall",
+        )
+        for name in later:
+            yield Check(name, SKIP, "skipped: Vault does not answer")
+        return
+    if not isinstance(body, dict) or "initialized" not in body or "sealed" not in body:
+        # Some other HTTP server (a web server, a proxy's 404 page): not Vault, and nothing
+        # it said proves Vault is unsealed.
+        yield Check(
+            "vault.address",
+            FAIL,
+            f"{vs.addr} answers HTTP {health.status_code}, but not as Vault or OpenBao "
+            "(no sys/health status)",
+            "check VAULT_ADDR (host, port, path) and any HTTP proxy in between",
         )
         for name in later:
             yield Check(name, SKIP, "skipped: Vault does not answer")
@@ -521,11 +537,27 @@ def _lease_check(settings: Settings, vault: _Vault, version: int) -> Check:
     doc = response.json().get("data") or {}
     holder = str((doc.get("data") or {}).get("holder") or "")
     meta = doc.get("metadata") or {}
-    if not holder or meta.get("deletion_time"):
+    # A live lease always has a deletion_time (delete_version_after): only a past one, or no
+    # holder, means the lease is free. (Vault answers 404 once it has deleted the version.)
+    if not holder or _past(str(meta.get("deletion_time") or "")):
         state = "free (released or lapsed)"
     else:
-        state = f"held by {holder[:80]!r}, version {meta.get('version')}"
+        until = str(meta.get("deletion_time") or "")
+        state = f"held by {holder[:80]!r}, version {meta.get('version')}" + (
+            f", lapses at {until[:19]}Z unless renewed" if until else ""
+        )
     return Check("vault.leader_lease", OK, f"{vs.mount}/{path}: {state}")
+
+
+def _past(stamp: str) -> bool:
+    """An RFC 3339 time from Vault (nanoseconds, Z) is before now; False when unreadable."""
+    if not stamp:
+        return False
+    try:
+        moment = datetime.fromisoformat(stamp[:19] + "+00:00")
+    except ValueError:
+        return False
+    return moment < datetime.now(UTC)
 
 
 def _clock_check(date: str | None, local: float) -> Check:

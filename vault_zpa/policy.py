@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 class Policy:
     name: str
     text: str
+    group: str = ""  # the connector group it is for ("" for the daemon and auditor policies)
 
 
 def _paths(mount: str, kv_version: int, area: str, rest: str) -> str:
@@ -145,7 +146,7 @@ path "auth/token/lookup-self" {{
   capabilities = ["read"]
 }}
 """
-    return Policy(name, text)
+    return Policy(name, text, group_name)
 
 
 MAX_NAME = 128
@@ -172,6 +173,14 @@ def check_distinct(policies: Iterable[Policy]) -> list[Policy]:
         if other is None:
             seen[key] = item
             out.append(item)
+        elif other != item and other.name == item.name:
+            # Not a case clash: two group names with one slug, so one secret path that sync
+            # reports as a collision and writes for neither.
+            raise ConfigError(
+                f"groups {other.group!r} and {item.group!r} map to the same secret path, so "
+                f"to one policy {item.name!r}; nothing was written",
+                hint="sync writes neither while they collide: rename one of the groups in ZPA",
+            )
         elif other != item:
             raise ConfigError(
                 f"policies {other.name!r} and {item.name!r} would be one Vault policy "
@@ -180,6 +189,30 @@ def check_distinct(policies: Iterable[Policy]) -> list[Policy]:
                 "a policy of your own granting both paths",
             )
     return out
+
+
+def _granted_group(text: str) -> str | None:
+    """The group a connector policy rendered by vault-zpa was written for (its first line)."""
+    first = text.split("\n", 1)[0]
+    if not first.startswith("# vault-zpa: ") or " group " not in first:
+        return None
+    return first.split(" group ", 1)[1].removesuffix(" reads its key.")
+
+
+def check_replaces(item: Policy, current: str | None) -> None:
+    """A policy already in Vault under this name (Vault ignores case) written for another
+    group: `apply --group Lab` then `apply --group LAB` would silently take Lab's grant away.
+    Refused (one line, exit 2) before anything is written."""
+    if current is None or not item.group:
+        return
+    there = _granted_group(current)
+    if there is not None and there != _comment(item.group):
+        raise ConfigError(
+            f"policy {item.name!r} in Vault already grants group {there!r}, not "
+            f"{item.group!r} (Vault lowercases policy names); nothing was written",
+            hint=f"if group {there!r} is gone, `vault policy delete {item.name.lower()}` and "
+            "apply again; otherwise rename one of the groups in ZPA",
+        )
 
 
 def _comment(text: str) -> str:

@@ -175,7 +175,7 @@ def to_text(
                 _clip(r.key_name or "-"),
                 usage,
                 r.last_synced_at or "-",
-                r.lease_expires_at or "-",
+                (r.lease_expires_at or "-") + (" !" if _expired(r, snapshot) else ""),
             )
         )
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
@@ -192,6 +192,12 @@ def to_text(
                 f"warning: {r.group_name}: key {r.key_name} has used {r.usage_count} of "
                 f"{r.max_usage} enrollments"
             )
+    expired = [r for r in items if _expired(r, snapshot)]
+    if expired and not (rotation or RotationSettings()).any_enabled:
+        lines.append(
+            f"note: {len(expired)} lease(s) have expired (!) and rotation is off, so nothing "
+            "rotates them; turn it on per association type ([association_type.T.rotation])"
+        )
     for error in snapshot.errors:
         lines.append(f"error: {error}")
     for name in not_found or []:
@@ -202,6 +208,12 @@ def to_text(
         + (f", {len(snapshot.errors)} listing error(s)" if snapshot.errors else "")
     )
     return "\n".join(lines)
+
+
+def _expired(row: GroupStatus, snapshot: Snapshot) -> bool:
+    """The row's lease_expires_at is before the snapshot was taken (UTC, Z)."""
+    stamp = row.lease_expires_at or ""
+    return bool(stamp) and stamp < snapshot.started.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _clip(text: str, width: int = 32) -> str:

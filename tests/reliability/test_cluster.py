@@ -80,18 +80,20 @@ def vault_secrets(cluster: RaftCluster, node: Node | None = None) -> dict[str, d
 
 def wrong_and_missing(cluster: RaftCluster, sim: ZpaSimulator) -> tuple[list[str], int]:
     """Secrets holding a key ZPA does not have for that group (never allowed), and groups
-    without a secret yet (allowed until convergence)."""
-    keys = {str(k["id"]): k for k in sim.keys[CG].values()}
+    without a secret yet (allowed until convergence). ZPA is looked at before and after Vault
+    is read, so a key created or deleted in between is judged fairly."""
+    before = {str(k["id"]): dict(k) for k in list(sim.keys[CG].values())}
     held = vault_secrets(cluster)
+    after = {str(k["id"]): dict(k) for k in list(sim.keys[CG].values())}
     wrong = []
     for name, data in held.items():
-        key = keys.get(data.get("key_id", ""))
-        if (
-            key is None
-            or key["provisioningKey"] != data.get("provisioning_key")
-            or str(key["zcomponentId"]) != data.get("group_id")
-        ):
-            wrong.append(name)
+        key = after.get(data.get("key_id", "")) or before.get(data.get("key_id", ""))
+        if key is None:
+            wrong.append(f"{name}: key {data.get('key_id')} is not in ZPA")
+        elif key["provisioningKey"] != data.get("provisioning_key"):
+            wrong.append(f"{name}: key {data.get('key_id')} holds another value")
+        elif str(key["zcomponentId"]) != data.get("group_id"):
+            wrong.append(f"{name}: key {data.get('key_id')} belongs to another group")
     missing = len(sim.groups[CG]) - len(held)
     return wrong, missing
 
@@ -335,7 +337,8 @@ def test_stale_vault_leader_comes_back(
         cluster.wait_for_leader(other_than=leader, timeout=60)
         time.sleep(3)  # the old leader stays frozen past the election
         cluster.resume(leader)
-        sim.patch_key(CG, next(iter(sim.keys[CG])), enabled=False)  # work for the next run
+        group = sim.add_group(CG, "Added After The Stop")  # work for the runs after it
+        sim.add_key(CG, group["id"], name="k-after-the-stop")
 
         def converged() -> bool:
             wrong, missing = wrong_and_missing(cluster, sim)
@@ -572,6 +575,25 @@ def test_three_replicas_soak_with_replica_and_node_faults(
         rotated = len([k for k in sim.keys[CG] if k not in originals])
         cycles = total()
     survived = not wrong_seen and not wrong and not extra and not double and not leaked
+    if not survived:  # keep the evidence: pytest's temporary directories do not last
+        keep = Path(os.environ.get("VAULT_ZPA_TRIAL_LOGS", "/tmp/vault-zpa-cluster-soak"))
+        keep.mkdir(parents=True, exist_ok=True)
+        for log in logs:
+            (keep / log.name).write_bytes(log.read_bytes())
+        (keep / "summary.json").write_text(
+            json.dumps(
+                {
+                    "wrong_seen": wrong_seen,
+                    "wrong": wrong,
+                    "orphans": extra,
+                    "double": double,
+                    "events": events,
+                    "keys": sim.keys[CG],
+                },
+                indent=1,
+                default=str,
+            )
+        )
     recorder.trial(
         AREA,
         "3 daemon replicas, random SIGKILL/SIGSTOP, random Vault node kills, rotations on",

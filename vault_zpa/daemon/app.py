@@ -78,12 +78,7 @@ class Daemon:
         rotation: RotationSettings | None = None,
         kill_at: str | None = None,
     ) -> None:
-        if not _is_loopback(config.host) and config.api_token is None:
-            raise ConfigError(
-                f"the daemon listens on {config.host}, which is not loopback, but no API token "
-                "is set",
-                hint="set VAULT_ZPA_API_TOKEN or VAULT_ZPA_API_TOKEN_FILE",
-            )
+        _require_token(config.host, config.api_token)
         self.config = config
         self.api_token, self.max_body = config.api_token, config.max_body
         self.zpa, self.store, self.lease = zpa, store, lease
@@ -128,6 +123,9 @@ class Daemon:
     # ---- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> None:
+        # A run that outlasts its interval (Vault sealed, a slow ZPA) makes apscheduler warn
+        # at every missed tick that it skipped one; the runner already queues a follow-up.
+        logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
         self._start_http()
         self.engine.tick_lease()  # the first scheduled run (now) follows; no extra trigger
         interval = self.config.interval if not self.config.cron else 60.0
@@ -159,7 +157,11 @@ class Daemon:
         )
         self.scheduler.start()
         log.info(
-            "daemon started",
+            "daemon started: listening on %s:%s, %s, %s",
+            self.config.host,
+            self.port,
+            self.config.schedule.describe(),
+            "HA (leader lease)" if self.lease is not None else "no HA",
             extra={
                 "listen": f"{self.config.host}:{self.port}",
                 "ha": self.lease is not None,
@@ -297,6 +299,14 @@ class Daemon:
         threading.Thread(target=self.http.serve_forever, name="http", daemon=True).start()
 
 
+def _require_token(host: str, api_token: Secret | None) -> None:
+    if not _is_loopback(host) and api_token is None:
+        raise ConfigError(
+            f"the daemon listens on {host}, which is not loopback, but no API token is set",
+            hint="set VAULT_ZPA_API_TOKEN or VAULT_ZPA_API_TOKEN_FILE",
+        )
+
+
 @contextmanager
 def listen_errors(host: str, port: int) -> Iterator[None]:
     """A failed bind as one line (exit 2) instead of an OSError."""
@@ -320,9 +330,11 @@ def listen_errors(host: str, port: int) -> Iterator[None]:
         ) from None
 
 
-def check_listen(host: str, port: int) -> None:
-    """Bind and let go of the listen address before anything else starts, so a port in use
-    fails at once, before a Vault login or a ZPA sign-in."""
+def check_listen(host: str, port: int, api_token: Secret | None) -> None:
+    """The listener's configuration, checked before anything else starts, so a port in use or
+    a missing API token fails at once, before a Vault login or a ZPA sign-in: refuse a
+    non-loopback address without a token, then bind and let go of the address."""
+    _require_token(host, api_token)
     with listen_errors(host, port):
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)

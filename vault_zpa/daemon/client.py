@@ -21,6 +21,10 @@ class DaemonRequestFailed(VaultZpaError):
     exit_code = 1
 
 
+class DaemonUnreachable(VaultZpaError):
+    """No HTTP answer from the daemon (connection refused or reset, timeout)."""
+
+
 def ask(
     url: str,
     *,
@@ -67,7 +71,15 @@ def ask(
         deadline = time.monotonic() + timeout
         pause = 0.2
         while True:
-            found = _call(client, "GET", status_url, base)
+            try:
+                found = _call(client, "GET", status_url, base)
+            except DaemonUnreachable:
+                # The daemon stopped (or died) after accepting: its answer is gone with it.
+                raise DaemonRequestFailed(
+                    f"lost contact with the daemon at {base} while waiting for request "
+                    f"{request_id}; it may or may not have run: check `vault-zpa status` and "
+                    "ask again"
+                ) from None
             if found.get("state") in ("done", "failed"):
                 break
             if time.monotonic() + pause > deadline:
@@ -85,7 +97,7 @@ def _call(client: httpx.Client, method: str, url: str, base: str, **kwargs: Any)
     try:
         response = client.request(method, url, **kwargs)
     except httpx.HTTPError as exc:
-        raise VaultZpaError(
+        raise DaemonUnreachable(
             f"cannot reach the daemon at {base}: {type(exc).__name__}",
             hint="check --daemon and that `vault-zpa daemon` is running there",
         ) from None

@@ -22,6 +22,7 @@ import logging
 import math
 import re
 import secrets
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
@@ -37,6 +38,8 @@ log = logging.getLogger("vault_zpa.daemon")
 
 _BUSY = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 _REQUEST_PATH = re.compile(r"/v1/requests/(?P<id>[0-9a-f]{1,64})")
+_ROTATE_FIELDS = ("association_type", "groups", "all_due", "dry_run", "grace")
+_ROTATE_KNOWN = ", ".join(_ROTATE_FIELDS)
 
 
 class NotLeader(Exception):
@@ -109,6 +112,9 @@ def parse_rotate(body: bytes) -> dict[str, Any]:
         raise ValueError("the body must be JSON") from None
     if not isinstance(request, dict):
         raise ValueError("the body must be a JSON object")
+    unknown = sorted(str(k) for k in request if k not in _ROTATE_FIELDS)
+    if unknown:  # a typo such as "dryrun": true must not turn into a real rotation
+        raise ValueError(f"unknown field(s) {', '.join(unknown)[:100]}; known: {_ROTATE_KNOWN}")
     atype = request.get("association_type")
     groups = request.get("groups") or []
     if not isinstance(groups, list) or not all(isinstance(g, str) and g for g in groups):
@@ -153,6 +159,8 @@ class Server(ThreadingHTTPServer):
         self, address: tuple[str, int], handler: type[Handler], *, max_connections: int
     ) -> None:
         self._slots = threading.BoundedSemaphore(max(1, max_connections))
+        if ":" in address[0]:  # an IPv6 literal ([::1]:9850): the class default is IPv4 only
+            self.address_family = socket.AF_INET6
         super().__init__(address, handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -51,6 +51,8 @@ def parse_cron(value: object) -> str:
     text = " ".join(value.split())
     if not text:
         return ""
+    if not text.isascii():  # int() reads Arabic-Indic and other Unicode digits; cron does not
+        raise ValueError(f"{text!r}: a crontab has only ASCII digits, names and * , - /")
     _fields(text)
     return text
 
@@ -81,9 +83,11 @@ def _fields(text: str) -> dict[str, str]:
     from apscheduler.triggers.cron import CronTrigger
 
     try:
-        CronTrigger(timezone=UTC, **fields)
+        cron = CronTrigger(timezone=UTC, **fields)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{text!r}: {' '.join(str(exc).split())}") from None
+    if cron.get_next_fire_time(None, datetime.now(UTC)) is None:  # e.g. '0 0 30 2 *'
+        raise ValueError(f"{text!r} never fires (no such date)")
     return fields
 
 

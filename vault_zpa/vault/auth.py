@@ -189,6 +189,14 @@ class TokenManager:
                     f"Vault has no namespace {namespace!r} (VAULT_NAMESPACE)",
                     hint="check VAULT_NAMESPACE (`vault namespace list`), or unset it",
                 ) from None
+            if isinstance(self.method, TokenAuth) and isinstance(exc, hvac.exceptions.InvalidPath):
+                # Vault answers a bad token on lookup-self with 403, never 404: a 404 there
+                # means VAULT_ADDR names some other HTTP server (or a proxy), not Vault.
+                raise VaultAuthError(
+                    f"{getattr(client, 'url', '?')} does not look like Vault or OpenBao "
+                    f"(auth/token/lookup-self answered 404: {_first_error(exc)})",
+                    hint="check VAULT_ADDR (host, port, path) and any HTTP proxy in between",
+                ) from None
             if isinstance(self.method, TokenAuth):
                 raise VaultAuthError(
                     "the Vault token is invalid, expired or revoked, or its policy may not "
@@ -200,6 +208,14 @@ class TokenManager:
                 f"Vault {self.method.describe} login was refused: {_first_error(exc)}",
                 hint="check the credentials and the auth mount",
             ) from None
+        except hvac.exceptions.VaultNotInitialized:
+            # HTTP 501: an uninitialized Vault, or a server that is not Vault at all (501 Not
+            # Implemented); was "internal error: VaultNotInitialized".
+            raise VaultAuthError(
+                f"{getattr(client, 'url', '?')} answered HTTP 501 to the {self.method.describe} "
+                "login: Vault there is not initialized, or it is not Vault",
+                hint="`vault operator init` a new Vault; otherwise check VAULT_ADDR",
+            ) from None
         except requests.exceptions.SSLError as exc:
             raise tls_error(str(getattr(client, "url", "?")), exc) from None
         except (
@@ -208,6 +224,15 @@ class TokenManager:
             hvac.exceptions.BadGateway,
             requests.exceptions.RequestException,
         ) as exc:
+            if isinstance(exc, hvac.exceptions.VaultDown):
+                # 503: sealed (or a standby that cannot serve); "unreachable ... (VaultDown)"
+                # sent people to the network when an unseal was all it took.
+                raise VaultUnavailable(
+                    f"Vault at {getattr(client, 'url', '?')} is sealed or in standby during "
+                    f"{self.method.describe} login ({_first_error(exc)})",
+                    hint="unseal Vault (`vault operator unseal`, or check auto-unseal); "
+                    "`vault status` shows its state",
+                ) from None
             raise VaultUnavailable(
                 f"Vault at {getattr(client, 'url', '?')} is unreachable or failing during "
                 f"{self.method.describe} login ({transport_reason(exc)})",

@@ -182,7 +182,8 @@ class HvacKvStore:
             body = self.conn.call(
                 get, path=self._full(path, "data"), capability="read", kind="read"
             )
-        except hvac.exceptions.InvalidPath:
+        except hvac.exceptions.InvalidPath as exc:
+            self._no_mount(exc)
             return None
         payload = body.get("data") or {}
         meta = payload.get("metadata") or {}
@@ -202,12 +203,21 @@ class HvacKvStore:
                 capability="read",
                 kind="read",
             )
-        except hvac.exceptions.InvalidPath:
+        except hvac.exceptions.InvalidPath as exc:
+            self._no_mount(exc)
             return None
         raw = _strings(body.get("data") or {})
         data = {k: v for k, v in raw.items() if not k.startswith(V1_META_PREFIX) and k != "ttl"}
         meta = {k[len(V1_META_PREFIX) :]: v for k, v in raw.items() if k.startswith(V1_META_PREFIX)}
         return StoredSecret(path=path, version=0, data=data, custom_metadata=meta)
+
+    def _no_mount(self, exc: hvac.exceptions.InvalidPath) -> None:
+        """A 404 that says no route matched is a missing mount, not a missing secret."""
+        if any("no handler for route" in str(e) for e in (exc.errors or [])):
+            raise VaultMountError(
+                f"Vault has no secrets engine mounted at {self.mount!r}",
+                hint="check VAULT_ZPA_MOUNT (`bao secrets list` shows the mounts)",
+            )
 
     def list_tree(self, root: str) -> list[str]:
         """LIST <mount>/metadata/<root>/ recursively: every leaf path under `root`."""

@@ -16,6 +16,7 @@ one key ineligible with a reason (`parse_key`), never the whole listing.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import re
 import threading
@@ -520,7 +521,10 @@ class ZpaClient:
                         self.stats.rate_limited += 1
                         wait = retry_after if retry_after is not None else self._backoff(attempt)
                         wait += self._rng.uniform(0.1, 1.0)
-                        limiter.penalise(wait)
+                        # Never hold every later call back past this call's budget: a
+                        # `retry-after: 99999` would otherwise block the next listing (and a
+                        # daemon's shutdown) for a day, outside any deadline.
+                        limiter.penalise(min(wait, max(0.0, deadline - self._clock())))
                     elif not idempotent and (status >= 500 or status == 408):
                         # The server may have done it before failing: never resend a create.
                         raise ZpaOutcomeUnknown(
@@ -690,7 +694,8 @@ def parse_retry_after(value: str | None) -> float | None:
     if not value:
         return None
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*s?\s*", value)
-    return float(match.group(1)) if match else None
+    seconds = float(match.group(1)) if match else None
+    return seconds if seconds is not None and math.isfinite(seconds) else None  # not '9'*400
 
 
 def _describe(exc: Exception) -> str:
