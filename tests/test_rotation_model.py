@@ -656,7 +656,9 @@ class NoWithdrawRotator(Rotator):
     def _claim(self, path: str, journal: Journal) -> Journal:
         return journal
 
-    def _withdraw(self, path: str, atype: AssociationType, key_id: str) -> None:
+    def _withdraw(
+        self, path: str, atype: AssociationType, key: ProvisioningKey, journal: Journal
+    ) -> None:
         pass
 
 

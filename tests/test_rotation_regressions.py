@@ -298,3 +298,67 @@ def test_a_group_renamed_mid_rotation_keeps_one_rotation(sim: ZpaSimulator, vaul
     keys = {str(k["id"]) for k in group_keys(sim, group_id)}
     assert keys == {new_id}, keys  # the same rotation finished: old key gone, no second key
     assert journal_of(vault, new_path)["state"] == "idle"
+
+
+def test_a_leader_that_loses_the_lease_mid_create_never_deletes_the_key_a_sync_served() -> None:
+    """Found by the Raft cluster soak: replica A journals INTENT and asks ZPA for a new key;
+    before the answer arrives A loses the lease, and the new leader's full sync picks up the
+    newest key (A's) and writes it to the group's secret. A then cannot journal CREATED and
+    used to withdraw (delete) its key: Vault served a deleted key until the takeover (I1).
+    Now the key stays (the journal's INTENT still names it), and the next run adopts it."""
+    from datetime import timedelta
+
+    from tests.test_daemon_engine import CONN, NOW, PREFIX, FakeZpa
+    from vault_zpa.reconcile import TypeRule
+    from vault_zpa.rotation import RotationSettings
+    from vault_zpa.sync import SyncOptions, inspect, rotate_once, run_once
+    from vault_zpa.testing.memory import MemoryKvStore
+
+    zpa = FakeZpa({"1": "A"})
+    kv = MemoryKvStore()
+    options = SyncOptions(association_types=(CONN,), prefix=PREFIX, rules={CONN: TypeRule()})
+    run_once(source=zpa, store=kv, options=options, now=lambda: NOW)
+    fence: dict[str, int | None] = {"A": 1}
+    create = zpa.create_provisioning_key
+
+    def create_then_lose_the_lease(atype: AssociationType, **kw: object) -> object:
+        key = create(atype, **kw)  # type: ignore[arg-type]
+        fence["A"] = None  # A's lease lapses while the answer is on its way
+        run_once(source=zpa, store=kv, options=options, now=lambda: NOW, guard=lambda: 2)
+        return key
+
+    zpa.create_provisioning_key = create_then_lose_the_lease  # type: ignore[method-assign]
+
+    def rotate(guard: Callable[[], int | None], when: object) -> list[object]:
+        snap = inspect(source=zpa, store=kv, options=options, now=lambda: when)  # type: ignore[arg-type,return-value]
+        return rotate_once(  # type: ignore[return-value]
+            zpa=zpa,
+            store=kv,
+            prefix=PREFIX,
+            items=snap.plan.items,
+            stored=snap.stored,
+            journals=snap.journals,
+            listings=snap.listings,
+            rotation=RotationSettings(),
+            rules=options.rules,
+            requested=frozenset({(CONN, "A")}),
+            grace=0,
+            now=lambda: when,  # type: ignore[arg-type,return-value]
+            guard=guard,
+        )
+
+    rotate(lambda: fence["A"], NOW)
+    served = kv.read(f"{PREFIX}/{CONN.value}/A")
+    assert served is not None
+    assert served.data is not None
+    assert served.data["key_id"] in zpa.keys, "Vault serves a key that was deleted in ZPA"
+    zpa.create_provisioning_key = create  # type: ignore[method-assign]
+    later = NOW + timedelta(seconds=400)  # past A's takeover window: B resumes the INTENT
+    rotate(lambda: 2, later)
+    rotate(lambda: 2, later)
+    served = kv.read(f"{PREFIX}/{CONN.value}/A")
+    assert served is not None
+    assert served.data is not None
+    assert list(zpa.keys) == [served.data["key_id"]]  # one key: the new one, served
+    assert served.data["key_id"] != "100"
+    kv.close()

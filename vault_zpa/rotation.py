@@ -741,7 +741,7 @@ class Rotator:
                 )
             except Superseded:
                 if made:
-                    self._withdraw(path, atype, key.id, journal)
+                    self._withdraw(path, atype, key, journal)
                 raise
             self._boundary("created")
         if journal.state is State.CREATED:
@@ -882,14 +882,30 @@ class Rotator:
                 )
         return self._journal(path, journal, attempt_open=True)
 
-    def _withdraw(self, path: str, atype: AssociationType, key_id: str, journal: Journal) -> None:
-        """Two runs resumed one INTENT at once and both created a key; the journal took the
-        other's. Ours is in no journal and no secret: delete it now (I2, I3). If that fails,
-        the key carries the journaled name only while that rotation is in flight, so the
-        failure is logged as a warning a person must act on."""
+    def _withdraw(
+        self, path: str, atype: AssociationType, key: ProvisioningKey, journal: Journal
+    ) -> None:
+        """This run created `key` but could not journal it (another run changed the journal
+        first, or this replica lost the lease). Delete it only when nothing can use it: not
+        while the journal is still the INTENT that names it (the next run finds it by that
+        name and carries on with it, I2), not when the journal records it, and never while the
+        group's secret serves it (a sync may already have picked up the newest key, I1).
+        If the delete fails, the failure is logged as a warning a person must act on."""
+        key_id = key.id
         try:
             raw = self.store.read(journal.where)
-            if raw is not None and raw.data is not None and raw.data.get("new_id") == key_id:
+            now = Journal.from_data(raw.version, raw.data) if raw is not None else Journal()
+            if key_id in (now.new_id, now.old_id) or (
+                now.state is State.INTENT and now.new_name == key.name
+            ):
+                return
+            secret = self.store.read(path)
+            if secret is not None and (secret.data or {}).get("key_id") == key_id:
+                log.warning(
+                    "rotation: key %s of %s is served although its rotation lost the journal; kept",
+                    key_id,
+                    path,
+                )
                 return
             self.zpa.delete_provisioning_key(atype, key_id)
             log.warning("rotation: withdrew duplicate key %s of %s (another run won)", key_id, path)
