@@ -183,11 +183,15 @@ def test_two_replicas_one_leader_and_failover(
     killed = time.monotonic()
     wait_for(lambda: b.metric("vault_zpa_leader") == 1, timeout=15, what="b takes over")
     assert time.monotonic() - killed <= 6 + 3  # one lease period, plus one renewal tick
+    # The new leader syncs at once on taking over (fail-over), then on demand.
+    wait_for(lambda: syncs(b) >= 1, what="b syncs on taking over")
+    before = b.metric("vault_zpa_syncs_total", result="success") or 0
     group_id, group = next(iter(sim.groups["CONNECTOR_GRP"].items()))
     sim.add_key("CONNECTOR_GRP", group_id, name="after-failover")
     httpx.post(b.url + "/v1/sync")
     wait_for(
-        lambda: (b.metric("vault_zpa_syncs_total", result="success") or 0) >= 1, what="b synced"
+        lambda: (b.metric("vault_zpa_syncs_total", result="success") or 0) >= before + 1,
+        what="b synced",
     )
     changed = f"zpa/CONNECTOR_GRP/{group['name']}"
     assert writer(changed) > max(first)

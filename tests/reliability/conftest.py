@@ -72,4 +72,26 @@ def recorder() -> Iterator[Recorder]:
     rec = Recorder()
     yield rec
     if os.environ.get("VAULT_ZPA_RELIABILITY_REPORT") == "1" and rec.rows:
-        (ROOT / "docs" / "reliability.md").write_text(rec.markdown())
+        target = ROOT / "docs" / "reliability.md"
+        target.write_text(merged(target.read_text() if target.exists() else "", rec))
+
+
+def merged(existing: str, rec: Recorder) -> str:
+    """This session's rows replace the table's rows of the same (area, fault); rows this
+    session did not run are kept, so one file of trials can be rerun on its own."""
+    fresh = rec.markdown().splitlines()
+    header_end = next(i for i, line in enumerate(fresh) if line.startswith("|---"))
+    ours = {tuple(c.strip() for c in line.split("|")[1:3]) for line in fresh[header_end + 1 :]}
+    kept = [
+        line
+        for line in existing.splitlines()
+        if line.startswith("| ")
+        and not line.startswith("| area ")
+        and tuple(c.strip() for c in line.split("|")[1:3]) not in ours
+    ]
+    body = fresh[header_end + 1 :]
+    tail = [line for line in existing.splitlines() if line and not line.startswith("|")]
+    notes = tail[tail.index(fresh[0]) + 1 :] if fresh[0] in tail else []
+    intro = [line for line in fresh[: header_end + 1]]
+    extra = [n for n in notes if n not in intro]
+    return "\n".join([*intro, *kept, *body, *([""] + extra if extra else [])]) + "\n"
