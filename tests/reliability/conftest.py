@@ -92,6 +92,6 @@ def merged(existing: str, rec: Recorder) -> str:
     body = fresh[header_end + 1 :]
     tail = [line for line in existing.splitlines() if line and not line.startswith("|")]
     notes = tail[tail.index(fresh[0]) + 1 :] if fresh[0] in tail else []
-    intro = [line for line in fresh[: header_end + 1]]
+    intro = fresh[: header_end + 1]
     extra = [n for n in notes if n not in intro]
-    return "\n".join([*intro, *kept, *body, *([""] + extra if extra else [])]) + "\n"
+    return "\n".join([*intro, *kept, *body, *(["", *extra] if extra else [])]) + "\n"
