@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit clean venv bench bench-smoke reliability reliability-full reliability-cluster tools
+.PHONY: demo test lint typecheck unit integration clean venv bench bench-smoke reliability reliability-full reliability-cluster tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,10 +24,17 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy vault_zpa
 
-unit: $(STAMP) tools
+# Pure and in-process tests only (no OpenBao, no simulator, no subprocess): seconds.
+UNIT_TESTS := tests/test_config.py tests/test_layout.py tests/test_reconcile.py \
+	tests/test_daemon_engine.py tests/test_rotation_model.py
+unit: $(STAMP)
+	$(BIN)/pytest -m "not slow" -q $(UNIT_TESTS)
+
+# Everything but the long trials: real OpenBao, the simulator over sockets, real processes.
+integration: $(STAMP) tools
 	$(BIN)/pytest -m "not slow" -q
 
-test: tools lint typecheck unit
+test: tools lint typecheck integration
 
 # promtool and prometheus (tests/test_alerts.py) from Debian's `prometheus` package, installed
 # only when missing; quiet and idempotent. Without apt-get those tests skip and say why. The
