@@ -700,16 +700,20 @@ def test_the_model_finds_a_broken_protocol(model: type[RotationModel], promise: 
 
 
 def test_a_warm_replica_never_writes_back_a_retiring_key() -> None:
-    """Found by the long model run: replica B, warm, writes a CLI rotation's new key itself; the
-    new key is then used up; B's memory of the journals predates the rotation, and it wrote the
+    """Found by the long model run: replica B, warm, wrote a CLI rotation's new key itself; the
+    new key was then used up; B's memory of the journals predated the rotation, and it wrote the
     old key back, so the rotation could never retire it. B now reads the journal before an
-    update, and the rotation completes."""
+    update (and no longer serves a rotation's key the journal has not recorded), and the
+    rotation completes."""
     m = RotationModel()
     m.seed()
     m.world.holder = "B"
     m.sync("B", {})  # B's memory: the journals as they were before the rotation
     m.rotate("CLI", {("kv_write", 3): "fail", ("zpa_create", 0): "lost"}, requested=True)
-    m.sync("B", {})  # B picks the CLI's new key (newest eligible) and writes it from memory
+    m.sync("B", {})  # B once wrote the CLI's new key from memory; now the journal, read again
+    # before an update, has not recorded it (INTENT), so B keeps the served key (Journal.shuns)
+    assert set(m.world.served()) == {"100", "101"}
+    m.world.now += timedelta(seconds=5)  # past the failed attempts' backoff
     m.world.holder = "A"
     m.rotate("A", {}, requested=False)  # resumes the CLI's rotation: WRITTEN
     [new] = [k for k, g in m.world.created_by_us.items() if g == "g2"]

@@ -362,3 +362,41 @@ def test_a_leader_that_loses_the_lease_mid_create_never_deletes_the_key_a_sync_s
     assert list(zpa.keys) == [served.data["key_id"]]  # one key: the new one, served
     assert served.data["key_id"] != "100"
     kv.close()
+
+
+def test_the_sync_never_serves_a_key_named_for_a_rotation_that_has_not_recorded_it() -> None:
+    """A key carrying a rotation's journaled name is served only once the journal records it
+    as the new key: during INTENT (its create not journaled yet) and as a duplicate made by a
+    run that lost the journal, the sync keeps the served key, so withdrawing such a key can
+    never take a served key away (I1; the adversary's sequence after the cluster soak)."""
+    from tests.test_daemon_engine import CONN, NOW, PREFIX, FakeZpa
+    from vault_zpa.reconcile import TypeRule
+    from vault_zpa.rotation import Journal, State, journal_path
+    from vault_zpa.sync import SyncOptions, run_once
+    from vault_zpa.testing.memory import MemoryKvStore
+
+    zpa = FakeZpa({"1": "A"})
+    kv = MemoryKvStore()
+    options = SyncOptions(association_types=(CONN,), prefix=PREFIX, rules={CONN: TypeRule()})
+    path = f"{PREFIX}/{CONN.value}/A"
+
+    def served() -> str:
+        secret = kv.read(path)
+        assert secret is not None
+        assert secret.data is not None
+        return secret.data["key_id"]
+
+    run_once(source=zpa, store=kv, options=options, now=lambda: NOW)
+    assert served() == "100"
+    where = journal_path(PREFIX, CONN, "1")
+    intent = Journal(state=State.INTENT, new_name="A-rotated", old_id="100")
+    kv.write(where, intent.to_data(), cas=0, custom_metadata={"managed_by": "vault-zpa"})
+    zpa.add("1", "A-rotated")  # 101: created, not journaled yet (or by a run that lost it)
+    run_once(source=zpa, store=kv, options=options, now=lambda: NOW)
+    assert served() == "100"
+    created = Journal(state=State.CREATED, new_name="A-rotated", new_id="101", old_id="100")
+    kv.write(where, created.to_data(), cas=1, custom_metadata={"managed_by": "vault-zpa"})
+    zpa.add("1", "A-rotated")  # 102: a duplicate of the same INTENT, newest of all
+    run_once(source=zpa, store=kv, options=options, now=lambda: NOW)
+    assert served() == "101"  # the journaled new key, never the unrecorded duplicate
+    kv.close()

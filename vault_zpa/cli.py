@@ -360,7 +360,10 @@ def daemon(
             "sync.association_types": list(association_types) or None,
         },
     )
+    from vault_zpa.config import check_schedule
+
     values = settings.values
+    check_schedule(values, settings.sources)  # type: ignore[arg-type]
     host, port = parse_listen(values["daemon.listen"])
     token = _api_token(settings)
     check_listen(host, port, token)
@@ -400,7 +403,7 @@ def daemon(
 
 def _api_token(settings: Settings) -> Secret | None:
     """The daemon API token: VAULT_ZPA_API_TOKEN, else the file VAULT_ZPA_API_TOKEN_FILE."""
-    token: Secret | None = settings.values["daemon.api_token"]
+    token: Secret | None = settings.values["daemon.api_token"] or None  # blank: not set
     if token is None and settings.values["daemon.api_token_file"]:
         from vault_zpa.config import read_secret_file
 

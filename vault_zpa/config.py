@@ -164,8 +164,9 @@ def _multiline(value: Any) -> str:
     return value.strip()
 
 
-def _check_schedule(values: dict[str, Any], sources: Mapping[str, str]) -> None:
-    """One schedule, and a jitter that cannot swamp it. Both an interval and a cron given (from
+def check_schedule(values: dict[str, Any], sources: Mapping[str, str]) -> None:
+    """For the daemon only (a connector's `fetch` must not fail over a daemon setting): one
+    schedule, and a jitter that cannot swamp it. Both an interval and a cron given (from
     any source) is refused rather than one silently winning; the default jitter (15s) is
     shortened to half an interval shorter than 30s, and a jitter set longer than the interval
     is refused (runs would drift up to interval + jitter apart)."""
@@ -484,7 +485,6 @@ def load(
         values[option.name] = raw
         sources[option.name] = where
     _token_helper_file(values, sources, environ)
-    _check_schedule(values, sources)
     vault = _vault_settings(values, sources)
     rules = _rules(values, type_sections, path)
     rotation = _rotation(values, type_sections, path)

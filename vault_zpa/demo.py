@@ -24,7 +24,8 @@ def run(*, keep_running: bool, echo: Callable[[str], None]) -> None:
     # SIGTERM (kill, timeout, a closed terminal's HUP) unwinds like Ctrl-C, so the `with`
     # below stops OpenBao and the simulator instead of leaving them running.
     signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGHUP, _stop)
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # nohup asked us to ignore it
+        signal.signal(signal.SIGHUP, _stop)
     echo("vault-zpa demo: starting OpenBao (bao server -dev) and the ZPA simulator ...")
     with (
         OpenBaoDevServer() as bao,

@@ -275,6 +275,16 @@ class Journal:
             ids.add(self.old_id)
         return frozenset(ids)
 
+    def shuns(self, key_id: str, key_name: str) -> bool:
+        """The sync must not write this key to the group's secret: one being retired or retired,
+        or one carrying the rotation's journaled name that the journal has not recorded as its
+        new key (a duplicate created for the same INTENT by a run that lost the journal, or a key
+        whose create is not journaled yet). Such a key is never served, so deleting it can never
+        take a served key away (I1), and the run that made it may withdraw it (I2)."""
+        if key_id in self.excluded:
+            return True
+        return bool(self.new_name) and key_name == self.new_name and key_id != self.new_id
+
     def to_data(self) -> dict[str, str]:
         return {
             "state": self.state.value,
@@ -886,18 +896,16 @@ class Rotator:
         self, path: str, atype: AssociationType, key: ProvisioningKey, journal: Journal
     ) -> None:
         """This run created `key` but could not journal it (another run changed the journal
-        first, or this replica lost the lease). Delete it only when nothing can use it: not
-        while the journal is still the INTENT that names it (the next run finds it by that
-        name and carries on with it, I2), not when the journal records it, and never while the
-        group's secret serves it (a sync may already have picked up the newest key, I1).
-        If the delete fails, the failure is logged as a warning a person must act on."""
+        first, or this replica lost the lease). Unless the journal records it, it is deleted:
+        it carries the journaled name with another id (or none yet), which the sync never
+        serves (Journal.shuns), so no secret can lose it (I1) and it is not left behind (I2).
+        A secret that serves it anyway (written before this rule) keeps it. If the delete
+        fails, the failure is logged as a warning a person must act on."""
         key_id = key.id
         try:
             raw = self.store.read(journal.where)
             now = Journal.from_data(raw.version, raw.data) if raw is not None else Journal()
-            if key_id in (now.new_id, now.old_id) or (
-                now.state is State.INTENT and now.new_name == key.name
-            ):
+            if key_id in (now.new_id, now.old_id):
                 return
             secret = self.store.read(path)
             if secret is not None and (secret.data or {}).get("key_id") == key_id:

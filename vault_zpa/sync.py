@@ -205,7 +205,7 @@ def stages(
                 rules=options.rules,
                 scope=options.scope,
                 now=started,
-                excluded=frozenset(i for j in journals.values() for i in j.excluded),
+                excluded=_shunned(listings, journals),
             )
             yield Stage(tuple(listings), plan.items)
     finally:
@@ -332,10 +332,9 @@ def run_once(
             return [
                 ItemResult(i, Outcome.PLANNED if _needs_write(i) else Outcome.DONE) for i in items
             ]
-        if warm is None or not warm.usable:
-            return execute(store, items, guard=guard)
-        # The warm memory's journals may predate a rotation another process started since:
-        # before changing a secret from memory, look at its journal afresh (rotation.py, I1).
+        # The journals this plan used may predate a rotation started since (the warm memory's,
+        # or a read made while ZPA was still being listed): before an update, look at the
+        # group's journal afresh, after the listing (rotation.py, I1).
         held = _retiring(store, options.prefix, items)
         clear = [i for i in items if id(i) not in held]
         done = {id(r.item): r for r in execute(store, clear, guard=guard)}
@@ -405,6 +404,18 @@ class WarmState:
         self.stored, self.journals, self.usable = stored, dict(snap.journals), True
 
 
+def _shunned(listings: Iterable[Listing], journals: Mapping[GroupKey, Journal]) -> frozenset[str]:
+    """Key ids no plan may write: every journal's retiring and retired keys, and the listed
+    keys a journal shuns by its rotation's name (Journal.shuns)."""
+    out = {i for j in journals.values() for i in j.excluded}
+    for listing in listings:
+        for key in listing.keys:
+            journal = journals.get((key.association_type, key.group_id))
+            if journal is not None and journal.shuns(key.id, key.name):
+                out.add(key.id)
+    return frozenset(out)
+
+
 def _retiring(store: KvStore, prefix: str, items: Sequence[PlanItem]) -> dict[int, str]:
     """Updates that would write a key a rotation is retiring (or retired), by a fresh read of
     each updated group's journal. Updates are rare in a warm run, so this costs little."""
@@ -417,7 +428,7 @@ def _retiring(store: KvStore, prefix: str, items: Sequence[PlanItem]) -> dict[in
         except VaultZpaError as exc:
             held[id(item)] = f"not written: its rotation journal could not be read ({exc})"
             continue
-        if item.key.id in journal.excluded:
+        if journal.shuns(item.key.id, item.key.name):
             held[id(item)] = (
                 f"not written: key {item.key.id} is being retired by a rotation "
                 "(the next run reads Vault back and plans again)"

@@ -30,8 +30,10 @@ from vault_zpa.vault.auth import AuthMethod, TokenManager, tls_error, transport_
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# What a KV v2 mount answers (400) on a standby until the active node has upgraded it.
-KV_UPGRADING = "Waiting for the primary to upgrade from non-versioned to versioned data"
+# What a KV v2 mount answers (400) while it is being set up: "Waiting for the primary to upgrade
+# from non-versioned to versioned data" on a standby, "Upgrading from non-versioned to versioned
+# data" on the active node (a fresh mount, `kv enable-versioning`).
+KV_UPGRADING = "non-versioned to versioned data"
 CAS_MISMATCH = "check-and-set parameter did not match the current version"
 
 

@@ -277,7 +277,7 @@ class HvacKvStore:
         # from a change in ZPA. A new secret gets our max_versions once; afterwards it is the
         # operator's to change.
         meta = {**custom_metadata, SYNCED_VERSION: str(version)}
-        self._patch_metadata(path, meta, remove, first=version == 1)
+        self._patch_metadata(path, meta, remove, first=version == 1, after_write=True)
         return version
 
     def write_metadata(
@@ -300,6 +300,7 @@ class HvacKvStore:
         remove: Collection[str],
         *,
         first: bool,
+        after_write: bool = False,
     ) -> None:
         patch: dict[str, Any] = {
             "custom_metadata": {
@@ -321,7 +322,7 @@ class HvacKvStore:
 
         if not self._patch_denied:
             try:
-                self._patch_after_write(meta, path)
+                self._patch_after_write(meta, path, retry_404=after_write)
                 return
             except VaultPermissionDenied:
                 # A policy written for an earlier vault-zpa (no "patch"): read-merge-write.
@@ -333,16 +334,21 @@ class HvacKvStore:
                 )
         self._merge_metadata(path, patch)
 
-    def _patch_after_write(self, meta: Callable[[hvac.Client], Any], path: str) -> None:
-        """PATCH metadata; a 404 right after our own data write is a Raft standby that has not
-        applied that write yet (standbys serve reads locally), so it is retried briefly."""
-        for attempt in range(8):
+    def _patch_after_write(
+        self, meta: Callable[[hvac.Client], Any], path: str, *, retry_404: bool
+    ) -> None:
+        """PATCH metadata; a 404 right after our own data write (`retry_404`) is a Raft standby
+        that has not applied that write yet (standbys serve reads locally): retried briefly.
+        Elsewhere a 404 means the secret is not there, and is raised at once."""
+        for attempt in range(8 if retry_404 else 1):
             try:
                 self.conn.call(
                     meta, path=self._full(path, "metadata"), capability="patch", kind="metadata"
                 )
                 return
             except hvac.exceptions.InvalidPath:
+                if not retry_404:
+                    raise
                 if attempt == 7:
                     raise VaultError(
                         f"Vault has no metadata at {self._full(path, 'metadata')!r} after "
