@@ -318,6 +318,67 @@ def test_kill_vault_leader_at_each_rotation_step(
     assert survived, (step, first, wrong, missing, extra, created, served_new, busy)
 
 
+def test_kill_vault_leader_during_lease_renewals(
+    cluster: RaftCluster, start_daemon: Callable[..., DaemonProc], recorder: Recorder
+) -> None:
+    """Two daemon replicas; right after the leader lease is renewed (its version moves), the
+    Vault leader is killed, so the next renewals (every 2 s with a 6 s lease) meet the
+    election. Three times over. One vault-zpa leader at a time, and convergence after."""
+    with ZpaSimulator(
+        seed=87, connector_groups=30, service_edge_groups=0, rate_limits=False
+    ) as sim:
+        client = standby(cluster)
+        env = daemon_env(cluster, client, sim, VAULT_ZPA_ASSOCIATION_TYPES=CG)
+        a = start_daemon(env, "--interval", "1s", "--jitter", "0", schedule=False)
+        b = start_daemon(env, "--interval", "1s", "--jitter", "0", schedule=False)
+        wait_for(lambda: syncs(a) + syncs(b) >= 2, what="runs")
+        headers = {"X-Vault-Token": cluster.root_token}
+
+        def lease_version() -> int | None:
+            node = cluster.leader()
+            if node is None:
+                return None
+            got = httpx.get(
+                f"{node.addr}/v1/{cluster.mount}/metadata/zpa/_vault-zpa/leader",
+                headers=headers,
+                timeout=5,
+            )
+            return int(got.json()["data"]["current_version"]) if got.status_code == 200 else None
+
+        worst = 0.0
+        for round_ in range(3):
+            seen = lease_version()
+            wait_for(lambda s=seen: lease_version() not in (None, s), what="a renewal")
+            leader = cluster.wait_for_leader()
+            killed = time.monotonic()
+            cluster.kill(leader)
+            cluster.wait_for_leader(other_than=leader)
+            group = sim.add_group(CG, f"Added In Round {round_}")
+            sim.add_key(CG, group["id"], name=f"k-round-{round_}")
+
+            def converged() -> bool:
+                wrong, missing = wrong_and_missing(cluster, sim)
+                assert not wrong, wrong
+                return missing == 0
+
+            converge(converged, 120, f"convergence after round {round_}")
+            worst = max(worst, time.monotonic() - killed)
+            cluster.restart(leader)
+        double = lease_violations([a.log, b.log])
+        leaked = leaks([a.log.read_text(), b.log.read_text()], sim, cluster)
+        assert a.stop() == 0
+        assert b.stop() == 0
+    survived = not double and not leaked
+    recorder.trial(
+        AREA,
+        "kill -9 the Vault leader right after a leader-lease renewal (3 rounds, 2 replicas)",
+        survived=survived,
+        leaks=leaked,
+        note=f"{len(double)} double leaders; worst convergence {worst:.0f} s after the kill",
+    )
+    assert survived, double
+
+
 def test_stale_vault_leader_comes_back(
     cluster: RaftCluster, start_daemon: Callable[..., DaemonProc], recorder: Recorder
 ) -> None:
