@@ -462,6 +462,7 @@ def rotate(
     """Rotate provisioning keys: a new key in ZPA, written to Vault, the old one removed after
     the grace period. Every step is journaled in Vault, so an interrupted rotation resumes."""
     from vault_zpa.config import MAX_GRACE, parse_duration
+    from vault_zpa.daemon.requests import rotation_json
     from vault_zpa.sync import inspect, rotate_once
 
     if bool(groups) == all_due:
@@ -557,19 +558,7 @@ def rotate(
                 {
                     "schema_version": 1,
                     "dry_run": dry_run,
-                    "rotations": [
-                        {
-                            "path": r.path,
-                            "kv_path": f"{settings.vault.mount}/{r.path}",
-                            "group_name": r.group_name,
-                            "decision": r.decision.action,
-                            "reason": r.decision.reason,
-                            "state": r.state,
-                            "new_key_id": r.new_key_id,
-                            "error": r.error,
-                        }
-                        for r in results
-                    ],
+                    "rotations": [rotation_json(r, mount=settings.vault.mount) for r in results],
                     "not_found": missing,
                     "errors": list(snap.errors),
                 }

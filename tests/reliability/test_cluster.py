@@ -157,6 +157,38 @@ def settled(zpa: Any, store: Any, options: SyncOptions) -> Any:
     return snap
 
 
+def rotate_first_group(
+    settings: Any, options: SyncOptions, hook: Callable[[str], None] | None
+) -> list[Any]:
+    """In-process: sync, then rotate the plan's first group now with no grace, `hook` called
+    at every journal step (the trials kill or restart Vault there)."""
+    from vault_zpa.sync import run_once
+
+    store = build.kv_store(settings)
+    zpa = build.zpa_client(settings.zpa())
+    try:
+        run_once(source=zpa, store=store, options=options)
+        snap = settled(zpa, store, options)
+        group = snap.plan.items[0]
+        return rotate_once(
+            zpa=zpa,
+            store=store,
+            prefix="zpa",
+            items=[group],
+            stored=snap.stored,
+            journals=snap.journals,
+            listings=snap.listings,
+            rotation=settings.rotation,
+            rules=settings.rules,
+            requested=frozenset({(group.association_type, group.group_name or "")}),
+            grace=0,
+            hook=hook,
+        )
+    finally:
+        store.close()
+        zpa.close()
+
+
 def daemon_env(cluster: RaftCluster, node: Node, sim: ZpaSimulator, **extra: str) -> dict[str, str]:
     return clean_env(
         sim.env(),
@@ -260,34 +292,7 @@ def test_kill_vault_leader_at_each_rotation_step(
                 cluster.kill(leader)
                 killed.append(leader)
 
-        def rotate(hook: Callable[[str], None] | None) -> list[Any]:
-            store = build.kv_store(settings)
-            zpa = build.zpa_client(settings.zpa())
-            try:
-                from vault_zpa.sync import run_once
-
-                run_once(source=zpa, store=store, options=options)
-                snap = settled(zpa, store, options)
-                group = snap.plan.items[0]
-                return rotate_once(
-                    zpa=zpa,
-                    store=store,
-                    prefix="zpa",
-                    items=[group],
-                    stored=snap.stored,
-                    journals=snap.journals,
-                    listings=snap.listings,
-                    rotation=settings.rotation,
-                    rules=settings.rules,
-                    requested=frozenset({(group.association_type, group.group_name or "")}),
-                    grace=0,
-                    hook=hook,
-                )
-            finally:
-                store.close()
-                zpa.close()
-
-        first = rotate(hook)
+        first = rotate_first_group(settings, options, hook)
         assert killed, f"the rotation never reached {step}"
         cluster.wait_for_leader(other_than=killed[0])
         cluster.restart(killed[0])
@@ -300,7 +305,7 @@ def test_kill_vault_leader_at_each_rotation_step(
                 store.close()
             if not busy:
                 break
-            rotate(None)
+            rotate_first_group(settings, options, None)
         wrong, missing = wrong_and_missing(cluster, sim)
         extra = orphans(cluster, sim, originals)
         created = [k for k in sim.keys[CG] if k not in originals]
@@ -492,38 +497,13 @@ def test_rotation_in_flight_resumes_after_a_full_cluster_restart(
             association_types=(AssociationType.CONNECTOR_GRP,), prefix="zpa", rules={}
         )
 
-        def rotate(hook: Callable[[str], None] | None) -> None:
-            store = build.kv_store(settings)
-            zpa = build.zpa_client(settings.zpa())
-            try:
-                from vault_zpa.sync import run_once
-
-                run_once(source=zpa, store=store, options=options)
-                snap = settled(zpa, store, options)
-                group = snap.plan.items[0]
-                rotate_once(
-                    zpa=zpa,
-                    store=store,
-                    prefix="zpa",
-                    items=[group],
-                    stored=snap.stored,
-                    journals=snap.journals,
-                    listings=snap.listings,
-                    rotation=settings.rotation,
-                    rules=settings.rules,
-                    requested=frozenset({(group.association_type, group.group_name or "")}),
-                    grace=0,
-                    hook=hook,
-                )
-            finally:
-                store.close()
-                zpa.close()
-
         def down(at: str) -> None:
             if at == "written":
                 cluster.seal_all_by_restart()
 
-        rotate(down)  # fails after `written`: the cluster is down and sealed
+        rotate_first_group(
+            settings, options, down
+        )  # fails after `written`: the cluster is down and sealed
         for n in cluster.nodes:
             cluster.unseal(n)
         cluster.wait_for_leader()
@@ -532,7 +512,7 @@ def test_rotation_in_flight_resumes_after_a_full_cluster_restart(
             in_flight = [j for j in read_journals(store, "zpa").values() if j.in_flight]
         finally:
             store.close()
-        rotate(None)
+        rotate_first_group(settings, options, None)
         store = build.kv_store(settings)
         try:
             idle = not any(j.in_flight for j in read_journals(store, "zpa").values())

@@ -120,6 +120,9 @@ def _render(found: dict[str, Any], *, output: str, echo: Callable[[str], None]) 
     missing: list[str] = list(found.get("not_found") or [])
     errors = [found["error"]] if found.get("error") else []
     dry_run = bool(found.get("dry_run"))
+    mount = found.get("mount") or ""
+    if mount:  # as a local `rotate --output json` has it
+        rotations = [{**r, "kv_path": f"{mount}/{r.get('path')}"} for r in rotations]
     if output == "json":
         echo(
             json.dumps(
@@ -134,7 +137,6 @@ def _render(found: dict[str, Any], *, output: str, echo: Callable[[str], None]) 
             )
         )
         return
-    mount = found.get("mount") or ""
     for r in rotations:
         decision = r.get("decision")
         verb = "would rotate" if dry_run and decision in ("start", "resume") else decision

@@ -59,10 +59,12 @@ class RotateRequest:
         }
 
 
-def rotation_json(r: RotationResult) -> dict[str, Any]:
-    """One group's outcome, as `vault-zpa rotate --output json` prints it (no key value)."""
+def rotation_json(r: RotationResult, *, mount: str | None = None) -> dict[str, Any]:
+    """One group's outcome, as `vault-zpa rotate --output json` prints it (no key value);
+    `kv_path` (<mount>/<path>) when the mount is known."""
     return {
         "path": r.path,
+        **({"kv_path": f"{mount}/{r.path}"} if mount is not None else {}),
         "group_name": r.group_name,
         "decision": r.decision.action,
         "reason": r.decision.reason,
