@@ -196,6 +196,18 @@ def rotate_first_group(
         zpa.close()
 
 
+def stop_pair(
+    a: DaemonProc, b: DaemonProc, sim: ZpaSimulator, cluster: RaftCluster
+) -> tuple[list[str], int]:
+    """Two replicas' verdicts (writes under two leases, canaries in their logs), then both
+    stopped with SIGTERM and exit 0."""
+    double = lease_violations([a.log, b.log])
+    leaked = leaks([a.log.read_text(), b.log.read_text()], sim, cluster)
+    assert a.stop() == 0
+    assert b.stop() == 0
+    return double, leaked
+
+
 def daemon_env(cluster: RaftCluster, node: Node, sim: ZpaSimulator, **extra: str) -> dict[str, str]:
     return clean_env(
         sim.env(),
@@ -376,10 +388,7 @@ def test_kill_vault_leader_during_lease_renewals(
             cluster.restart(leader)  # it may be the node the daemons talk to: it comes back
             converge(converged, 120, f"convergence after round {round_}")
             worst = max(worst, time.monotonic() - killed)
-        double = lease_violations([a.log, b.log])
-        leaked = leaks([a.log.read_text(), b.log.read_text()], sim, cluster)
-        assert a.stop() == 0
-        assert b.stop() == 0
+        double, leaked = stop_pair(a, b, sim, cluster)
     survived = not double and not leaked
     recorder.trial(
         AREA,
@@ -420,10 +429,7 @@ def test_stale_vault_leader_comes_back(
 
         converge(converged, 120, "convergence after the stale leader came back")
         took = time.monotonic() - stopped
-        double = lease_violations([a.log, b.log])
-        leaked = leaks([a.log.read_text(), b.log.read_text()], sim, cluster)
-        assert a.stop() == 0
-        assert b.stop() == 0
+        double, leaked = stop_pair(a, b, sim, cluster)
     survived = not double and not leaked
     recorder.trial(
         AREA,
