@@ -56,7 +56,8 @@ def test_group_filter_by_exact_name(sim: ZpaSimulator, vault: Vault) -> None:
 
 
 def test_prune_soft_deletes_only_with_the_flag(sim: ZpaSimulator, vault: Vault) -> None:
-    """A group gone from ZPA is an orphan; --prune soft-deletes it, undelete brings it back."""
+    """A group gone from ZPA is an orphan; --prune soft-deletes it, undelete brings it back.
+    A group whose keys were all deleted but which is itself alive is never pruned."""
     env = clean_env(sim.env(), vault.env)
     sync_json(env=env)
     group_id, group = next(iter(sim.groups["CONNECTOR_GRP"].items()))
@@ -65,6 +66,12 @@ def test_prune_soft_deletes_only_with_the_flag(sim: ZpaSimulator, vault: Vault) 
     ]:
         del sim.keys["CONNECTOR_GRP"][key_id]
     path = f"zpa/CONNECTOR_GRP/{group['name']}"
+    alive = sync_json("--prune", env=env)
+    assert [(i["action"], i["path"]) for i in items(alive) if i["action"] != "unchanged"] == [
+        ("no-key", path)
+    ]
+    assert vault.kv_get(path)["data"]["data"] is not None  # type: ignore[index]
+    del sim.groups["CONNECTOR_GRP"][group_id]  # now the group itself is gone
     orphan = sync_json(env=env)
     assert [(i["action"], i["path"]) for i in items(orphan) if i["action"] != "unchanged"] == [
         ("orphan", path)

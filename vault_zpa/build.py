@@ -13,6 +13,7 @@ import urllib3
 
 from vault_zpa.config import Settings, VaultSettings, ZpaSettings
 from vault_zpa.errors import ConfigError
+from vault_zpa.provision import ProvisionStep
 from vault_zpa.vault.auth import AppRoleAuth, AuthMethod, KubernetesAuth, TokenAuth
 from vault_zpa.vault.connection import TlsSettings, VaultConnection
 from vault_zpa.vault.kv import HvacKvStore, check_kv_version, detect_kv_version
@@ -78,7 +79,9 @@ def vault_auth(settings: VaultSettings) -> AuthMethod:
     return TokenAuth(settings.token, settings.token_file)
 
 
-def vault_connection(settings: VaultSettings) -> VaultConnection:
+def vault_connection(settings: VaultSettings, *, auth: AuthMethod | None = None) -> VaultConnection:
+    """`auth` replaces the method the settings name (fetch with a wrapped token: no token, or
+    an AppRole login with the secret-id it unwrapped)."""
     if settings.skip_verify:
         # Our one loud warning replaces urllib3's warning on every single request.
         warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
@@ -92,7 +95,7 @@ def vault_connection(settings: VaultSettings) -> VaultConnection:
         )
     return VaultConnection(
         addr=settings.addr,
-        auth=vault_auth(settings),
+        auth=auth or vault_auth(settings),
         namespace=settings.namespace,
         tls=TlsSettings(
             settings.cacert,
@@ -125,3 +128,18 @@ def kv_store(settings: Settings, conn: VaultConnection | None = None) -> HvacKvS
 def _loopback(addr: str) -> bool:
     host = httpx.URL(addr).host
     return host in ("127.0.0.1", "::1", "localhost")
+
+
+def provision_step(settings: Settings, zpa: ZpaClient, store: HvacKvStore) -> ProvisionStep | None:
+    """The sync's provisioning step when any [association_type.T.provision] is enabled."""
+    if not settings.provision.any_enabled:
+        return None
+    return ProvisionStep(
+        zpa=zpa,
+        store=store,
+        prefix=settings.vault.prefix,
+        settings=settings.provision,
+        rules=settings.rules,
+        kill_at=settings.values.get("sync.fault_kill_at") or None,
+        takeover=settings.rotation.takeover,
+    )

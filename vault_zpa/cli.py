@@ -228,9 +228,14 @@ def sync(
             rules=dict(settings.rules),
             scope=Scope(groups=frozenset(groups), prune=prune, adopt=adopt),
             dry_run=dry_run,
+            provisions=settings.provision.covers,
         )
         result = run_once(
-            source=monitor.source(), store=store, options=options, progress=monitor.progress
+            source=monitor.source(),
+            store=store,
+            options=options,
+            progress=monitor.progress,
+            provisioner=build.provision_step(settings, monitor.zpa, store),
         )
     result = report.for_kv_version(result, store.kv_version)
     missing = report.not_found(groups, result.listings)
@@ -243,7 +248,7 @@ def sync(
     else:
         text = report.to_text(result, mount=mount, reveal=reveal, verbose=verbose)
         for name in missing:
-            text += f"\nnot found: no group named {name!r} has a key in ZPA (--group is exact)"
+            text += f"\nnot found: no group named {name!r} in ZPA (--group is exact)"
         click.echo(text)
     ctx.exit(1 if result.failed or missing else 0)
 
@@ -292,6 +297,7 @@ def status(
                 rules=dict(settings.rules),
                 scope=Scope(groups=frozenset(groups)),
                 dry_run=True,
+                provisions=settings.provision.covers,
             ),
             progress=monitor.progress,
         )
@@ -389,6 +395,7 @@ def daemon(
         association_types=settings.association_types,
         prefix=settings.vault.prefix,
         rules=dict(settings.rules),
+        provisions=settings.provision.covers,
     )
     Daemon(
         config=config,
@@ -397,6 +404,7 @@ def daemon(
         options=options,
         lease=lease,
         rotation=settings.rotation,
+        provision=settings.provision,
         kill_at=settings.values.get("sync.fault_kill_at") or None,
     ).run_forever()
 
@@ -611,6 +619,21 @@ def rotate(
 )
 @click.option("--mode", default="0644", show_default=True, help="File mode (octal).")
 @click.option("--owner", default=None, help="USER[:GROUP] to own the file (needs root).")
+@click.option(
+    "--wrapped-token-file",
+    default=None,
+    metavar="FILE",
+    help="Redeem the single-use token `vault-zpa wrap` made (the token alone, or wrap's JSON) "
+    "instead of reading with a Vault token; env VAULT_WRAPPED_TOKEN holds one too. The token "
+    "is looked up first and refused, unused, unless it wraps this group's secret.",
+)
+@click.option(
+    "--approle-role",
+    default=None,
+    metavar="NAME",
+    help="With a wrapped token made by `wrap --approle-role NAME`: unwrap the secret-id, log "
+    "in with it (role_id from VAULT_ZPA_APPROLE_ROLE_ID[_FILE]) and read the key.",
+)
 @click.option("--mount", default=None, help="KV mount (env VAULT_ZPA_MOUNT, default secret).")
 @click.option("--prefix", default=None, help="Path prefix (env VAULT_ZPA_PREFIX, default zpa).")
 @common_options
@@ -621,6 +644,8 @@ def fetch(
     out: str | None,
     mode: str,
     owner: str | None,
+    wrapped_token_file: str | None,
+    approle_role: str | None,
     mount: str | None,
     prefix: str | None,
     config_path: str | None,
@@ -629,12 +654,15 @@ def fetch(
 ) -> None:
     """Connector host: read this group's key from Vault and write it for the connector service.
 
-    Only read access to the group's own secret is needed (see `vault-zpa policy render`).
-    A secret that names another group is never written. Exit 1 when the key cannot be read or
-    written (missing or read-only directory), or is used up (written, with a warning); 2 on bad
-    usage (an unknown --owner, a wrong KV version, a refused token)."""
+    Only read access to the group's own secret is needed (see `vault-zpa policy render`), or
+    no Vault token at all with a wrapped token (--wrapped-token-file). A secret that names
+    another group is never written. Exit 1 when the key cannot be read or written (missing or
+    read-only directory), or is used up (written, with a warning); 2 on bad usage (an unknown
+    --owner, a wrong KV version, a refused token; a wrapped token that was already unwrapped,
+    has expired, or wraps anything but this group's secret)."""
     from vault_zpa import fetch as fetching
-    from vault_zpa.vault.kv import HvacKvStore, check_kv_version, preflight_kv_version
+    from vault_zpa import wrapping
+    from vault_zpa.vault.kv import HvacKvStore
 
     try:
         file_mode = int(mode, 8)
@@ -663,42 +691,261 @@ def fetch(
         group_id=group_id,
         microtenant_id=settings.values.get("zpa.microtenant_id"),
     )
-    conn = build.vault_connection(settings.vault)
-    try:
-        # As `vault kv get` does: ask sys/internal/ui/mounts, which a connector's own policy
-        # may read; KV v2 when that is not answered. A version set by hand is checked the same
-        # way, so a wrong one is one line (exit 2), not "no provisioning key".
-        if settings.vault.kv_version == "auto":
-            version = preflight_kv_version(conn, settings.vault.mount) or 2
-        else:
-            version = int(settings.vault.kv_version)
-            check_kv_version(conn, settings.vault.mount, version)
-        store = HvacKvStore(conn, mount=settings.vault.mount, kv_version=version)
-        path, secret = fetching.find_stored(
-            store, paths, group_name=group, group_id=group_id, mount=settings.vault.mount
+    target = out or fetching.DEFAULT_PATHS[atype]
+    wrapped = _wrapped_token(wrapped_token_file)
+    if approle_role is not None and wrapped is None:
+        raise ConfigError(
+            f"--approle-role goes with a wrapped token (--wrapped-token-file or {wrapping.ENV})"
         )
-    finally:
-        conn.close()
+    if wrapped is not None:
+        # What could stop the write is checked before the single-use token is spent.
+        fetching.preflight_target(target, uid=uid, gid=gid)
+    how = ""
+    if wrapped is not None and approle_role is None:
+        expected = wrapping.expected_kv_paths(
+            mount=settings.vault.mount,
+            paths=paths,
+            kv_version=settings.vault.kv_version,
+            namespace=settings.vault.namespace,
+        )
+        with _recipient(settings) as (lookups, unwrapper):
+            secret = wrapping.redeem_kv(
+                lookups,
+                unwrapper,
+                wrapped,
+                expected=expected,
+                what=f"a read of {association_type} group {group!r}",
+            )
+        path = secret.path
+        fetching.check_group(
+            secret, where=f"{settings.vault.mount}/{path}", group_name=group, group_id=group_id
+        )
+        how = ", unwrapped"
+    else:
+        auth = None
+        if wrapped is not None and approle_role is not None:
+            auth = _unwrapped_login(settings, wrapped, approle_role)
+            how = ", AppRole secret-id unwrapped"
+        conn = build.vault_connection(settings.vault, auth=auth)
+        try:
+            version = fetching.kv_version(conn, settings.vault.mount, settings.vault.kv_version)
+            store = HvacKvStore(conn, mount=settings.vault.mount, kv_version=version)
+            path, secret = fetching.find_stored(
+                store, paths, group_name=group, group_id=group_id, mount=settings.vault.mount
+            )
+        finally:
+            conn.close()
     data = secret.data or {}
     where = f"{settings.vault.mount}/{path}"
-    target = out or fetching.DEFAULT_PATHS[atype]
     written = fetching.write_key(
         data.get("provisioning_key", ""), target, mode=file_mode, uid=uid, gid=gid
     )
     verb = "wrote" if written.changed else "unchanged:"
     click.echo(
-        f"{verb} {target} from {where} ({written.length} characters, sha256 {written.fingerprint})"
+        f"{verb} {target} from {where} ({written.length} characters, sha256 "
+        f"{written.fingerprint}{how})"
     )
+    _warn_used_up(secret, where)
+
+
+def _warn_used_up(secret: Any, where: str) -> None:
+    from vault_zpa import fetch as fetching
+
     used_up = fetching.exhausted(secret)
     if used_up is not None:
-        # Written all the same (Vault's count may lag ZPA's), but a connector enrolling with it
-        # will most likely be refused: a person must look (exit 1).
+        # Handed over all the same (Vault's count may lag ZPA's), but a connector enrolling
+        # with it will most likely be refused: a person must look (exit 1).
         click.echo(
             f"vault-zpa: warning: {where}: {used_up}; a connector may not enroll with it "
             "(add a key or raise max_usage in ZPA, then `vault-zpa sync`)",
             err=True,
         )
         click.get_current_context().exit(1)
+
+
+def _wrapped_token(path: str | None) -> Any:
+    """The wrapping token of --wrapped-token-file, else of VAULT_WRAPPED_TOKEN, else None.
+    Never a flag's value: a token in argv shows in `ps` and shell history."""
+    from vault_zpa import wrapping
+
+    if path is not None:
+        return wrapping.read_token_file(path)
+    value = os.environ.get(wrapping.ENV)
+    if value:
+        return wrapping.parse_token(value, source=wrapping.ENV)
+    return None
+
+
+def _unwrapped_login(settings: Settings, wrapped: Any, role: str) -> Any:
+    """An AppRole login whose secret-id comes out of the wrapping token; the role_id is the
+    host's own (VAULT_ZPA_APPROLE_ROLE_ID[_FILE]), checked before the token is spent."""
+    from vault_zpa import wrapping
+    from vault_zpa.vault.auth import AppRoleAuth
+
+    vault = settings.vault
+    role_id_file = vault.approle_role_id_file
+    if vault.approle_role_id is None and not role_id_file:
+        raise ConfigError(
+            "--approle-role needs the role's role_id: set VAULT_ZPA_APPROLE_ROLE_ID or "
+            "VAULT_ZPA_APPROLE_ROLE_ID_FILE"
+        )
+    if vault.approle_role_id is None and role_id_file and not os.access(role_id_file, os.R_OK):
+        raise ConfigError(
+            f"cannot read the AppRole role_id file {role_id_file}; the wrapped token was not used"
+        )
+    with _recipient(settings) as (lookups, unwrapper):
+        secret_id = wrapping.redeem_secret_id(
+            lookups, unwrapper, wrapped, approle_mount=vault.approle_mount, role=role
+        )
+    return AppRoleAuth(vault.approle_role_id, role_id_file, secret_id, None, vault.approle_mount)
+
+
+@contextmanager
+def _recipient(settings: Settings) -> Iterator[tuple[Any, Any]]:
+    """Two connections that hold no Vault token (the host has none): one for lookups, with
+    the usual retries (a host that just booted may not reach Vault at once), and one that
+    never retries, for the unwrap."""
+    from dataclasses import replace
+
+    from vault_zpa import wrapping
+
+    lookups = build.vault_connection(settings.vault, auth=wrapping.NoToken())
+    unwrapper = build.vault_connection(
+        replace(settings.vault, retry_budget=0.0), auth=wrapping.NoToken()
+    )
+    try:
+        yield lookups, unwrapper
+    finally:
+        lookups.close()
+        unwrapper.close()
+
+
+@cli.command()
+@click.option("--association-type", "association_type", type=TYPES, required=True)
+@click.option("--group", required=True, help="The connector's group name.")
+@click.option(
+    "--group-id",
+    default=None,
+    help="The group's ZPA id (as sync reports it), for a name fetch needs it for.",
+)
+@click.option(
+    "--ttl",
+    default="15m",
+    show_default=True,
+    help="How long the token can be redeemed: 1s to 24h (e.g. 15m, 2h).",
+)
+@click.option(
+    "--approle-role",
+    default=None,
+    metavar="NAME",
+    help="Wrap a new secret-id of this AppRole role (the group's connector role) instead of "
+    "the key; the host logs in with it (`fetch --approle-role NAME`).",
+)
+@click.option("--mount", default=None, help="KV mount (env VAULT_ZPA_MOUNT, default secret).")
+@click.option("--prefix", default=None, help="Path prefix (env VAULT_ZPA_PREFIX, default zpa).")
+@output_option
+@common_options
+def wrap(
+    association_type: str,
+    group: str,
+    group_id: str | None,
+    ttl: str,
+    approle_role: str | None,
+    mount: str | None,
+    prefix: str | None,
+    output: str,
+    config_path: str | None,
+    log_level: str | None,
+    log_format: str | None,
+) -> None:
+    """Secure introduction: a single-use token that unwraps to this group's key.
+
+    Prints the response-wrapping token, its accessor, TTL, expiry and creation path, never the
+    key. The token IS printed (handing it over is its purpose): give it to one host, which
+    redeems it with `vault-zpa fetch --wrapped-token-file FILE` (or VAULT_WRAPPED_TOKEN) and
+    needs no other Vault credential. It works once and until --ttl; a token someone else
+    redeemed first fails there with one line saying so. Needs read on the group's secret (the
+    daemon's policy has it); with --approle-role, update on
+    auth/<approle mount>/role/NAME/secret-id. Exit 1 when the key is used up (the token is
+    printed all the same)."""
+    from vault_zpa import fetch as fetching
+    from vault_zpa import wrapping
+    from vault_zpa.config import parse_duration
+    from vault_zpa.vault.kv import HvacKvStore
+
+    # Checked before anything is read: a bad --ttl is one line, exit 2.
+    seconds = wrapping.check_ttl(
+        parse_duration(ttl, name="--ttl", maximum=wrapping.MAX_TTL, minimum=wrapping.MIN_TTL)
+    )
+    if approle_role is not None:
+        wrapping.check_role(approle_role)
+    atype = AssociationType(association_type)
+    settings = settings_from(
+        config_path, log_level, log_format, flags={"vault.mount": mount, "vault.prefix": prefix}
+    )
+    rule = settings.rules[atype]
+    if approle_role is None and "{group_id}" in rule.path_template:
+        raise click.UsageError(
+            "the path template uses {group_id}; wrap needs a template "
+            "that names the group by {group}"
+        )
+    paths = fetching.candidate_paths(
+        template=rule.path_template,
+        prefix=settings.vault.prefix,
+        association_type=atype,
+        group_name=group,
+        group_id=group_id,
+        microtenant_id=settings.values.get("zpa.microtenant_id"),
+    )
+    secret = None
+    where = None
+    conn = build.vault_connection(settings.vault)
+    try:
+        if approle_role is not None:
+            wrapped = wrapping.wrap_secret_id(
+                conn, approle_mount=settings.vault.approle_mount, role=approle_role, ttl=seconds
+            )
+        else:
+            version = fetching.kv_version(conn, settings.vault.mount, settings.vault.kv_version)
+            store = HvacKvStore(conn, mount=settings.vault.mount, kv_version=version)
+            path, secret = fetching.find_stored(
+                store, paths, group_name=group, group_id=group_id, mount=settings.vault.mount
+            )
+            where = f"{settings.vault.mount}/{path}"
+            wrapped = wrapping.wrap_kv_read(
+                conn,
+                mount=settings.vault.mount,
+                path=path,
+                kv_version=version,
+                version=secret.version,
+                ttl=seconds,
+            )
+    finally:
+        conn.close()
+    facts = wrapped.facts()
+    if output == "json":
+        document = {
+            "schema_version": 1,
+            **facts,
+            "association_type": atype.value,
+            "group_name": group,
+            "group_id": (secret.data or {}).get("group_id", group_id) if secret else group_id,
+            "unwraps_to": "approle_secret_id" if approle_role else "provisioning_key",
+            "kv_path": where,
+        }
+        click.echo(report.dumps(document))
+    else:
+        for name, value in (
+            ("wrapping_token", facts["token"]),
+            ("wrapping_accessor", facts["accessor"]),
+            ("wrapping_token_ttl", wrapping.human_ttl(wrapped.ttl)),
+            ("wrapping_token_creation_time", facts["creation_time"]),
+            ("wrapping_token_expires_at", facts["expires_at"]),
+            ("wrapping_token_creation_path", facts["creation_path"]),
+        ):
+            click.echo(f"{name:<30} {value}")
+    if secret is not None and where is not None:
+        _warn_used_up(secret, where)
 
 
 @cli.group()

@@ -27,6 +27,9 @@ from vault_zpa import layout
 from vault_zpa.errors import ConfigError
 from vault_zpa.masking import REDACTOR, Secret
 from vault_zpa.model import AssociationType
+from vault_zpa.provision import ProvisionSettings
+from vault_zpa.provision import check_compatible as check_provision_compatible
+from vault_zpa.provision import parse_policy as parse_provision
 from vault_zpa.reconcile import TypeRule
 from vault_zpa.rotation import RotationPolicy, RotationSettings, check_compatible, parse_policy
 
@@ -341,6 +344,12 @@ OPTIONS: tuple[Option, ...] = (
         _int_between(1, 10_000),
         10,
     ),
+    Option(
+        "sync.max_provisions_per_run",
+        ("VAULT_ZPA_MAX_PROVISIONS_PER_RUN",),
+        _int_between(1, 10_000),
+        10,
+    ),
     # Fault injection for the crash tests only: SIGKILL ourselves at this rotation step.
     Option(
         "sync.fault_kill_at",
@@ -375,7 +384,8 @@ OPTIONS: tuple[Option, ...] = (
 )
 _BY_NAME = {o.name: o for o in OPTIONS}
 TYPE_RULE_KEYS = {"path_template": _template, "key_name_pattern": _pattern, "lease": parse_duration}
-RESERVED_TYPE_SECTIONS = {"rotation"}  # validated by vault_zpa.rotation.parse_policy
+# Validated by vault_zpa.rotation.parse_policy and vault_zpa.provision.parse_policy.
+RESERVED_TYPE_SECTIONS = {"rotation", "provision"}
 
 
 # ---- settings records ---------------------------------------------------------------------
@@ -441,6 +451,7 @@ class Settings:
     log_level: str
     log_format: str
     rotation: RotationSettings = field(default_factory=RotationSettings)
+    provision: ProvisionSettings = field(default_factory=ProvisionSettings)
 
     def zpa(self) -> ZpaSettings:
         return _zpa_settings(self.values, self.sources)
@@ -490,6 +501,19 @@ def load(
     rotation = _rotation(values, type_sections, path)
     # Rotated keys the key_name_pattern would not select make a create/delete loop: refuse.
     check_compatible(rules, rotation)
+    provision = ProvisionSettings(
+        {
+            atype: parse_provision(
+                type_sections[atype.value]["provision"],
+                f"{path}: [association_type.{atype.value}.provision]",
+            )
+            for atype in AssociationType
+            if "provision" in type_sections.get(atype.value, {})
+        },
+        values["sync.max_provisions_per_run"],
+    )
+    # The same loop for provisioning: a key the pattern would not select is never served.
+    check_provision_compatible(rules, provision)
     return Settings(
         values=values,
         sources=sources,
@@ -499,6 +523,7 @@ def load(
         log_level=values["log.level"],
         log_format=values["log.format"],
         rotation=rotation,
+        provision=provision,
     )
 
 
@@ -569,12 +594,15 @@ def _check_type_section(path: str, name: str, rule: Any) -> None:
         if key in RESERVED_TYPE_SECTIONS:
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: must be a table")
-            _rotation_tables(path, name, value)
+            if key == "provision":
+                parse_provision(value, f"{path}: [association_type.{name}.provision]")
+            else:
+                _rotation_tables(path, name, value)
             continue
         if key not in TYPE_RULE_KEYS:
             raise ConfigError(
                 f"{where}: unknown key",
-                hint=f"known: {', '.join(sorted(TYPE_RULE_KEYS))}, rotation",
+                hint=f"known: {', '.join(sorted(TYPE_RULE_KEYS))}, rotation, provision",
             )
         try:
             TYPE_RULE_KEYS[key](value)

@@ -14,6 +14,10 @@ The existing `--out` is never read unless it is a regular file of sane size (it 
 compared, to skip a needless rewrite); a FIFO, device, socket or directory there is refused, a
 symbolic link is replaced, not followed. Write failures (missing or read-only directory) are
 one line and exit 1.
+
+With a wrapped token (wrapping.py) the secret arrives by unwrapping instead of a read; the
+same checks apply to it (`check_group`, `validate_key`), and `preflight_target` runs before
+the single-use token is spent, so a key is never unwrapped only to be lost.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from typing import Protocol
 from vault_zpa import layout
 from vault_zpa.errors import ConfigError, VaultPermissionDenied, VaultZpaError
 from vault_zpa.model import AssociationType, StoredSecret
+from vault_zpa.vault.connection import VaultConnection
+from vault_zpa.vault.kv import check_kv_version, preflight_kv_version
 
 DEFAULT_PATHS = {
     AssociationType.CONNECTOR_GRP: "/opt/zscaler/var/provision_key",
@@ -140,6 +146,57 @@ def find_stored(
         f"no provisioning key at {mount}/{paths[0]}",
         hint="check the group name (and --group-id), or run `vault-zpa sync` first",
     )
+
+
+def check_group(secret: StoredSecret, *, where: str, group_name: str, group_id: str | None) -> None:
+    """Refuse a secret (an unwrapped one: its path was checked, its content not yet) that
+    names another group, as `find_stored` skips one."""
+    other = _other_group(secret.data or {}, group_name=group_name, group_id=group_id)
+    if other is not None:
+        raise FetchError(
+            f"the secret at {where} belongs to group {other}, not {group_name!r}",
+            hint="check --group and --group-id name the same group",
+        )
+
+
+def kv_version(conn: VaultConnection, mount: str, configured: str) -> int:
+    """As `vault kv get` finds it: sys/internal/ui/mounts, which a connector's own policy may
+    read; KV v2 when that is not answered. A version set by hand is checked the same way, so
+    a wrong one is one line (exit 2), not "no provisioning key"."""
+    if configured == "auto":
+        return preflight_kv_version(conn, mount) or 2
+    version = int(configured)
+    check_kv_version(conn, mount, version)
+    return version
+
+
+def preflight_target(path: str, *, uid: int | None = None, gid: int | None = None) -> None:
+    """What `write_key` would refuse, checked before a single-use token is spent on a key that
+    could then not be written: something at `path` that is not a regular file or a link, a
+    missing directory, one this process may not write to, an --owner only root may give."""
+    target = Path(path)
+    _existing(target)
+    if os.geteuid() != 0 and (
+        (uid is not None and uid != os.geteuid())
+        or (gid is not None and gid not in os.getgroups() and gid != os.getegid())
+    ):
+        raise FetchError(
+            "--owner: only root may give the key file to another user or group; the wrapped "
+            "token was not used",
+            hint="run fetch as root, or leave out --owner",
+        )
+    directory = target.parent
+    if not directory.is_dir():
+        raise FetchError(
+            f"directory {directory} does not exist; the wrapped token was not used",
+            hint="is the connector package installed? or pass --out",
+        )
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise FetchError(
+            f"cannot write {target}: no write permission in {directory}; the wrapped token "
+            "was not used",
+            hint="run as the user that may write there (root), or pass --out",
+        )
 
 
 def _other_group(data: Mapping[str, str], *, group_name: str, group_id: str | None) -> str | None:

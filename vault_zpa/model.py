@@ -59,6 +59,17 @@ class ProvisioningKey:
 
 
 @dataclass(frozen=True, slots=True)
+class ZpaGroup:
+    """One App Connector Group or Service Edge Group as ZPA lists it (keys or not)."""
+
+    id: str
+    name: str
+    association_type: AssociationType
+    enabled: bool = True
+    microtenant_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Listing:
     """Every provisioning key of one association type, or the reason the listing failed.
 
@@ -74,6 +85,11 @@ class Listing:
     # when it was not scoped (ZPA then lists every microtenant). Prune uses it to stay within
     # what this run could see.
     microtenant_id: str | None = None
+    # Every group of the type (appConnectorGroup / serviceEdgeGroup), keys or not; None when
+    # the groups were not listed or their listing failed (`groups_error`): then no group may
+    # be taken for gone (prune) and none is provisioned.
+    groups: tuple[ZpaGroup, ...] | None = None
+    groups_error: str | None = None
 
 
 # Field names of the KV data a secret holds (DESIGN.md "What a secret holds").
@@ -170,6 +186,8 @@ class Action(enum.StrEnum):
     PRUNE = "prune"
     CONFLICT = "conflict"
     SKIPPED = "skipped"
+    NO_KEY = "no-key"  # the group exists in ZPA without any provisioning key (reported)
+    PROVISION = "provision"  # the group has no eligible key: create one in ZPA (opt-in)
 
     @property
     def writes(self) -> bool:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from vault_zpa.model import AssociationType, ProvisioningKey
+from vault_zpa.model import AssociationType, ProvisioningKey, ZpaGroup
 from vault_zpa.sync import Progress
 from vault_zpa.vault.connection import VaultConnection
 from vault_zpa.zpa.client import ZpaClient
@@ -99,6 +99,9 @@ class WatchedSource:
             return keys
         finally:
             self._monitor.listing_ended(association_type.value, None if keys is None else len(keys))
+
+    def list_groups(self, association_type: AssociationType) -> list[ZpaGroup]:
+        return self._zpa.list_groups(association_type)
 
 
 class Monitor:

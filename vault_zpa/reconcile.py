@@ -6,6 +6,7 @@ to learn which paths to read, then `plan()` to decide, then carries the plan out
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from vault_zpa import layout
+from vault_zpa.errors import ConfigError
 from vault_zpa.model import (
     MANAGED_BY,
     SYNCED_VERSION,
@@ -23,6 +25,7 @@ from vault_zpa.model import (
     PlanItem,
     ProvisioningKey,
     StoredSecret,
+    ZpaGroup,
     comparable,
 )
 
@@ -65,6 +68,7 @@ class DesiredGroup:
     keys: tuple[ProvisioningKey, ...]
     path: str | None
     path_error: str | None = None
+    listed: ZpaGroup | None = None  # the group as its groups listing showed it (keyless ones)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +119,7 @@ def desired(
             everyone.append(DesiredGroup(atype, group_id, name, held, placed))
         else:
             everyone.append(DesiredGroup(atype, group_id, name, held, None, placed.message))
+    everyone.extend(_keyless(listings, everyone, refs, prefix=prefix, rules=rules))
     by_path: dict[str, list[DesiredGroup]] = defaultdict(list)
     for group in everyone:
         if group.path is not None:
@@ -122,6 +127,76 @@ def desired(
     collisions = {p: tuple(gs) for p, gs in by_path.items() if len(gs) > 1}
     groups = [g for g in everyone if not scope.groups or g.group_name in scope.groups]
     return Desired(tuple(groups), collisions)
+
+
+def _keyless(
+    listings: Iterable[Listing],
+    keyed: Sequence[DesiredGroup],
+    keyed_refs: Sequence[layout.GroupRef],
+    *,
+    prefix: str,
+    rules: Mapping[AssociationType, TypeRule],
+) -> list[DesiredGroup]:
+    """Groups ZPA lists without a single key. They are placed without moving anyone: a keyless
+    group gets its path only when that path is its own plain one and no other group, keyed or
+    not, renders to it (so when it gets a key, the collision rule places it there too and
+    nobody else moves). Otherwise it has no path and is reported, never written."""
+    with_keys = {(g.association_type, g.group_id) for g in keyed}
+    taken: dict[str, list[str]] = defaultdict(list)
+    for ref in keyed_refs:
+        with contextlib.suppress(ConfigError):
+            taken[ref.path()].append(ref.group_id)
+    for group in keyed:
+        if group.path is not None:
+            taken[group.path].append(group.group_id)
+    pending: list[tuple[ZpaGroup, layout.GroupRef]] = []
+    for listing in listings:
+        rule = rules.get(listing.association_type, TypeRule())
+        for zgroup in listing.groups or ():
+            if (zgroup.association_type, zgroup.id) in with_keys:
+                continue
+            ref = layout.GroupRef(
+                rule.path_template,
+                prefix,
+                listing.association_type.value,
+                zgroup.name,
+                zgroup.id,
+                zgroup.microtenant_id,
+            )
+            pending.append((zgroup, ref))
+            with contextlib.suppress(ConfigError):
+                taken[ref.path()].append(zgroup.id)
+    out = []
+    for zgroup, ref in sorted(pending, key=lambda p: (p[0].association_type, p[0].id)):
+        try:
+            path = ref.path()
+        except ConfigError as exc:
+            out.append(_no_key_group(zgroup, None, exc.message))
+            continue
+        others = [gid for gid in taken[path] if gid != zgroup.id]
+        if others:
+            out.append(
+                _no_key_group(
+                    zgroup,
+                    None,
+                    f"its path {path} is also another group's (id {others[0]}); rename one",
+                )
+            )
+        else:
+            out.append(_no_key_group(zgroup, path, None))
+    return out
+
+
+def _no_key_group(zgroup: ZpaGroup, path: str | None, error: str | None) -> DesiredGroup:
+    return DesiredGroup(
+        zgroup.association_type,
+        zgroup.id,
+        zgroup.name,
+        (),
+        path,
+        error,
+        listed=zgroup,
+    )
 
 
 def select_key(
@@ -178,6 +253,7 @@ def plan(
     scope: Scope,
     now: datetime,
     excluded: frozenset[str] = frozenset(),
+    provisions: Callable[[AssociationType, str], bool] = lambda atype, name: False,
 ) -> Plan:
     """Decide one action per group and per orphaned path. `stored` holds whatever Vault has at
     the desired paths and, when orphans are looked for, at every managed path under the prefix.
@@ -204,6 +280,7 @@ def plan(
                 stamp,
                 excluded,
                 gone,
+                provisions,
             )
         )
     items.extend(_plan_orphans(desired_state, listings, stored, scope))
@@ -219,6 +296,7 @@ def _plan_group(
     stamp: str,
     excluded: frozenset[str] = frozenset(),
     gone: Callable[[AssociationType, str], bool] = lambda atype, group_id: False,
+    provisions: Callable[[AssociationType, str], bool] = lambda atype, name: False,
 ) -> PlanItem:
     def item(action: Action, reason: str, **kw: object) -> PlanItem:
         return PlanItem(
@@ -231,7 +309,14 @@ def _plan_group(
             **kw,  # type: ignore[arg-type]
         )
 
+    # Provisioning (opt-in) makes a key for a group with none usable; never for a group ZPA
+    # lists as disabled.
+    wants = provisions(group.association_type, group.group_name) and (
+        group.listed is None or group.listed.enabled
+    )
     if group.path is None:
+        if not group.keys and not wants:
+            return item(Action.NO_KEY, f"no provisioning key in ZPA; no path: {group.path_error}")
         return item(Action.CONFLICT, f"no safe path for this group: {group.path_error}")
     if group.path in desired_state.collisions:
         others = [g for g in desired_state.collisions[group.path] if g is not group]
@@ -245,9 +330,19 @@ def _plan_group(
     candidates = tuple(k for k in group.keys if k.id not in excluded or k.id == served)
     key = select_key(candidates, rule.key_name_pattern)
     if key is None:
-        why = _why_no_key(candidates, rule.key_name_pattern)
+        keyless = not group.keys
+        why = (
+            "no provisioning key in ZPA"
+            if keyless
+            else _why_no_key(candidates, rule.key_name_pattern)
+        )
         if len(candidates) < len(group.keys):
             why += f"; {len(group.keys) - len(candidates)} retired or being retired by a rotation"
+        if group.listed is not None and not group.listed.enabled:
+            why += "; the group is disabled in ZPA"
+        if wants:
+            return _provision_item(item, group, current, why, gone)
+        action = Action.NO_KEY if keyless else Action.SKIPPED
         if (
             current is not None
             and current.managed
@@ -259,12 +354,12 @@ def _plan_group(
                 "last_synced_at": stamp,
             }
             return item(
-                Action.SKIPPED,
+                action,
                 f"{why}; keeping the last key in Vault",
                 custom_metadata=meta,
                 expected_version=current.version,
             )
-        return item(Action.SKIPPED, why)
+        return item(action, why)
 
     data = secret_data(key)
     same = comparable(data)  # Vault's side is held with the key as a digest
@@ -328,6 +423,35 @@ def _plan_group(
     return item(Action.UNCHANGED, "Vault matches ZPA", key=key, expected_version=current.version)
 
 
+def _provision_item(
+    item: Callable[..., PlanItem],
+    group: DesiredGroup,
+    current: StoredSecret | None,
+    why: str,
+    gone: Callable[[AssociationType, str], bool],
+) -> PlanItem:
+    """A PROVISION item, unless the path is not this group's to write."""
+    if current is not None and current.data is not None and not current.managed:
+        return item(
+            Action.CONFLICT,
+            f"{why}; the path exists and is not managed by vault-zpa, so no key is provisioned "
+            "for it (free the path, or set another path template)",
+        )
+    held = (current.data or {}) if current is not None else {}
+    holder = held.get("group_id")
+    if holder and holder != group.group_id and not gone(group.association_type, holder):
+        return item(
+            Action.CONFLICT,
+            f"{why}; the path holds the secret of group {held.get('group_name')!r} (id "
+            f"{holder}), so no key is provisioned for it",
+        )
+    return item(
+        Action.PROVISION,
+        f"{why}; provisioning a key",
+        expected_version=current.version if current is not None else 0,
+    )
+
+
 def _plan_orphans(
     desired_state: Desired,
     listings: Sequence[Listing],
@@ -367,6 +491,20 @@ def _plan_orphans(
             tenant = None  # ZPA's default microtenant; keys of it carry no microtenant_id
         reason = "group has no key in ZPA any more"
         prunable = True
+        alive = {g.id for g in listing.groups or ()}
+        if secret.data.get("group_id") in alive:
+            # Listed by ZPA, so it exists: whatever this path is, it is not a gone group's.
+            prunable = False
+            reason = (
+                "the group still exists in ZPA but this path is not its place now (no key, "
+                "or its path moved); not pruned"
+            )
+        elif listing.groups_error is not None:
+            prunable = False
+            reason = (
+                "group has no key in ZPA any more, but ZPA's groups could not be listed "
+                f"({listing.groups_error[:200]}), so it is not known to be gone; not pruned"
+            )
         if listing.microtenant_id is not None:
             covered = None if listing.microtenant_id == "0" else listing.microtenant_id
             if tenant != covered:

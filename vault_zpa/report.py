@@ -32,6 +32,8 @@ def to_json(report: Report, *, mount: str, reveal: bool = False) -> dict[str, An
                 "complete": listing.complete,
                 "keys": len(listing.keys),
                 "error": listing.error,
+                "groups": None if listing.groups is None else len(listing.groups),
+                "groups_error": listing.groups_error,
             }
             for listing in report.listings
         ],
@@ -73,6 +75,7 @@ def not_found(groups: Iterable[str], listings: Iterable[Listing]) -> list[str]:
     if any(not listing.complete for listing in listings):
         return []
     names = {k.group_name for listing in listings for k in listing.keys}
+    names |= {g.name for listing in listings for g in listing.groups or ()}
     return sorted(g for g in set(groups) if g not in names)
 
 

@@ -260,6 +260,14 @@ class Journal:
     owner: str = ""  # the process that wrote this version (see Rotator.takeover)
     updated_at: str = ""
     attempt_open: bool = False  # INTENT: `owner` may be searching for / creating the key now
+    # "rotation", or "provision" (provision.py: a first key for a group that has none usable;
+    # no old key, so no grace and nothing retired). One journal per group serves both, so at
+    # most one creation per group is ever in flight, whichever kind.
+    kind: str = "rotation"
+    group_name: str = ""  # provision: what a resuming run needs without a secret to read
+    target_path: str = ""
+    enrollment_cert_id: str = ""
+    max_usage: int = 0
     where: str = field(default="", compare=False)  # its path in the mount (not stored in it)
 
     @property
@@ -307,6 +315,11 @@ class Journal:
             "owner": self.owner,
             "updated_at": self.updated_at,
             "attempt": "open" if self.attempt_open else "",
+            "kind": self.kind,
+            "group_name": self.group_name[:300],
+            "path": self.target_path,
+            "enrollment_cert_id": self.enrollment_cert_id,
+            "max_usage": str(self.max_usage),
         }
 
     @classmethod
@@ -338,6 +351,11 @@ class Journal:
                 owner=data.get("owner", ""),
                 updated_at=data.get("updated_at", ""),
                 attempt_open=data.get("attempt") == "open",
+                kind="provision" if data.get("kind") == "provision" else "rotation",
+                group_name=data.get("group_name", ""),
+                target_path=data.get("path", ""),
+                enrollment_cert_id=data.get("enrollment_cert_id", ""),
+                max_usage=int(data.get("max_usage") or 0),
             )
         except (ValueError, OverflowError):
             # No field value in the message: a hand-edited journal may hold anything.
@@ -471,6 +489,8 @@ def decide(
         )
     if journal.retry_at and _parse(journal.retry_at) > now and not requested:
         return Decision("wait", f"backing off after a failure until {journal.retry_at}")
+    if journal.in_flight and journal.kind == "provision":
+        return Decision("wait", "a first key is being provisioned for this group")
     if journal.in_flight:
         if journal.state is State.WRITTEN and _parse(journal.grace_until) > now:
             if _parse(journal.grace_until) > now + timedelta(seconds=MAX_GRACE):
@@ -658,6 +678,14 @@ class Rotator:
             return RotationResult(
                 path, group, Decision("blocked", exc.message), None, error=str(exc)
             )
+        if journal.in_flight and journal.kind == "provision":
+            # Finished by the sync's provisioning step, never by a rotation (it has no old key).
+            return RotationResult(
+                path,
+                group,
+                Decision("wait", "a first key is being provisioned for this group"),
+                journal.state.value,
+            )
         if requested and (journal.needs_human or journal.failures or journal.retry_at):
             # A person asked: forget earlier failures (persisted with the next step).
             journal = replace(journal, needs_human=False, failures=0, retry_at="", last_error="")
@@ -729,6 +757,7 @@ class Rotator:
                 old_key=policy.old_key,
                 needs_human=False,
                 attempt_open=True,
+                kind="rotation",
             )
             self._boundary("intent")
         elif journal.state is State.INTENT:

@@ -21,6 +21,8 @@ _STATE = {
     Action.PRUNE: "orphan",
     Action.CONFLICT: "conflict",
     Action.SKIPPED: "no-eligible-key",
+    Action.NO_KEY: "no-key",
+    Action.PROVISION: "needs-key",  # provisioning is on: the next sync makes one
 }
 
 

@@ -34,6 +34,7 @@ from vault_zpa.model import (
     StoredSecret,
     comparable,
 )
+from vault_zpa.provision import ProvisionStep
 from vault_zpa.reconcile import Scope, TypeRule
 from vault_zpa.rotation import (
     Decision,
@@ -69,6 +70,10 @@ class SyncOptions:
     scope: Scope = field(default_factory=Scope)
     dry_run: bool = False
     find_orphans: bool = True
+    # Which groups get a key made when they have none usable (provision.py); none by default.
+    provisions: Callable[[AssociationType, str], bool] = field(
+        default=lambda atype, group_name: False
+    )
 
 
 @dataclass
@@ -90,7 +95,18 @@ def list_one(source: KeySource, atype: AssociationType) -> Listing:
     # touch; a source without one (a test double) lists everything.
     tenant = getattr(source, "microtenant_id", None)
     scoped = tenant if isinstance(tenant, str) and tenant else None
-    return Listing(atype, tuple(keys), microtenant_id=scoped)
+    # Groups too (ZpaClient.list_groups), so a group without a key is seen, reported and, when
+    # asked, provisioned, and an alive group is never taken for gone. A source without it (a
+    # test double) lists keys only; a failed group listing keeps the keys and prunes nothing.
+    lister = getattr(source, "list_groups", None)
+    if not callable(lister):
+        return Listing(atype, tuple(keys), microtenant_id=scoped)
+    try:
+        groups = tuple(lister(atype))
+    except ZpaError as exc:
+        log.warning("listing %s groups failed: %s", atype.value, exc)
+        return Listing(atype, tuple(keys), microtenant_id=scoped, groups_error=str(exc))
+    return Listing(atype, tuple(keys), microtenant_id=scoped, groups=groups)
 
 
 def read_all(
@@ -129,11 +145,20 @@ class Snapshot:
 
     @property
     def errors(self) -> tuple[str, ...]:
-        return tuple(
-            f"{listing.association_type.value}: {listing.error}"
-            for listing in self.listings
-            if not listing.complete
-        )
+        return listing_errors(self.listings)
+
+
+def listing_errors(listings: Iterable[Listing]) -> tuple[str, ...]:
+    out = []
+    for listing in listings:
+        if not listing.complete:
+            out.append(f"{listing.association_type.value}: {listing.error}")
+        elif listing.groups_error is not None:
+            out.append(
+                f"{listing.association_type.value} groups: {listing.groups_error} (groups "
+                "without a key not checked, nothing of the type pruned)"
+            )
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -206,6 +231,7 @@ def stages(
                 scope=options.scope,
                 now=started,
                 excluded=_shunned(listings, journals),
+                provisions=options.provisions,
             )
             yield Stage(tuple(listings), plan.items)
     finally:
@@ -319,6 +345,7 @@ def run_once(
     progress: Progress | None = None,
     warm: WarmState | None = None,
     guard: Callable[[], int | None] | None = None,
+    provisioner: ProvisionStep | None = None,
 ) -> Report:
     """One complete sync. Per-item failures are reported, not raised; a failure that makes the
     whole run meaningless (Vault unreachable before anything was read) is raised.
@@ -330,7 +357,13 @@ def run_once(
     def act(items: Sequence[PlanItem]) -> list[ItemResult]:
         if options.dry_run:
             return [
-                ItemResult(i, Outcome.PLANNED if _needs_write(i) else Outcome.DONE) for i in items
+                ItemResult(
+                    i,
+                    Outcome.PLANNED
+                    if _needs_write(i) or i.action is Action.PROVISION
+                    else Outcome.DONE,
+                )
+                for i in items
             ]
         # The journals this plan used may predate a rotation started since (the warm memory's,
         # or a read made while ZPA was still being listed): before an update, look at the
@@ -338,6 +371,14 @@ def run_once(
         held = _retiring(store, options.prefix, items)
         clear = [i for i in items if id(i) not in held]
         done = {id(r.item): r for r in execute(store, clear, guard=guard)}
+        if provisioner is not None:
+            done.update(provisioner.run(clear))
+        else:
+            done.update(
+                (id(i), ItemResult(i, Outcome.FAILED, error="provisioning is not set up here"))
+                for i in clear
+                if i.action is Action.PROVISION
+            )
         return [done.get(id(i)) or ItemResult(i, Outcome.FAILED, error=held[id(i)]) for i in items]
 
     snap, results = _staged(
@@ -349,8 +390,18 @@ def run_once(
         warm=warm,
         act=act,
     )
+    if provisioner is not None and not options.dry_run:
+        results.extend(
+            provisioner.resume(
+                snap.journals,
+                types=options.association_types,
+                groups=options.scope.groups,
+            )
+        )
     if warm is not None and not options.dry_run:
         warm.remember(snap, results)
+        if any(r.item.action is Action.PROVISION for r in results):
+            warm.invalidate()  # what provisioning wrote is not in the snapshot: read it back
     return Report(
         results=tuple(results),
         listings=snap.listings,
@@ -392,7 +443,7 @@ class WarmState:
             elif (
                 item.custom_metadata is not None
                 and item.path in stored
-                and (item.action in (Action.METADATA, Action.SKIPPED))
+                and (item.action in (Action.METADATA, Action.SKIPPED, Action.NO_KEY))
             ):
                 old = stored[item.path]
                 stored[item.path] = StoredSecret(
@@ -455,7 +506,7 @@ def execute(
 
 def _needs_write(item: PlanItem) -> bool:
     return item.action.writes or (
-        item.action is Action.SKIPPED and item.custom_metadata is not None
+        item.action in (Action.SKIPPED, Action.NO_KEY) and item.custom_metadata is not None
     )
 
 
@@ -479,7 +530,7 @@ def _apply(store: KvStore, item: PlanItem, guard: Callable[[], int | None] | Non
             )
             if version:  # as the store recorded it (KV v2), so the warm state agrees with Vault
                 meta[SYNCED_VERSION] = str(version)
-        elif item.action in (Action.METADATA, Action.SKIPPED):
+        elif item.action in (Action.METADATA, Action.SKIPPED, Action.NO_KEY):
             store.write_metadata(item.path, meta)
         elif item.action is Action.PRUNE:
             current = store.read(item.path)
@@ -556,6 +607,8 @@ def rotate_once(
         secret = stored.get(item.path)
         if secret is None or secret.data is None or item.group_name is None:
             continue
+        if item.action is Action.PROVISION:
+            continue  # this run's provisioning gave (or gives) the group a new key: not stale
         pair = (item.association_type, item.group_name)
         if requested and pair not in requested:
             continue

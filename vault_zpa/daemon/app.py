@@ -37,6 +37,7 @@ from vault_zpa.daemon.runner import Runner
 from vault_zpa.errors import ConfigError, VaultZpaError
 from vault_zpa.masking import Secret
 from vault_zpa.model import AssociationType
+from vault_zpa.provision import ProvisionSettings
 from vault_zpa.rotation import RotationSettings
 from vault_zpa.sync import SyncOptions
 from vault_zpa.vault.kv import HvacKvStore
@@ -76,6 +77,7 @@ class Daemon:
         options: SyncOptions,
         lease: Lease | None,
         rotation: RotationSettings | None = None,
+        provision: ProvisionSettings | None = None,
         kill_at: str | None = None,
     ) -> None:
         _require_token(config.host, config.api_token)
@@ -100,6 +102,7 @@ class Daemon:
             options=options,
             lease=lease,
             rotation=rotation,
+            provision=provision,
             full_sync_every=config.full_sync_every,
             requests=self.requests,
             kill_at=kill_at,

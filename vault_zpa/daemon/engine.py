@@ -29,6 +29,7 @@ from vault_zpa import logs
 from vault_zpa.daemon.requests import RequestQueue, RotateRequest
 from vault_zpa.errors import VaultZpaError
 from vault_zpa.model import AssociationType, Outcome, Report
+from vault_zpa.provision import ProvisionSettings, ProvisionStep
 from vault_zpa.rotation import KeyAdmin, RotationResult, RotationSettings
 from vault_zpa.sync import KeySource, SyncOptions, WarmState, rotate_once, run_once
 from vault_zpa.vault.kv import KvStore
@@ -79,6 +80,7 @@ class Engine:
         options: SyncOptions,
         lease: Lease | None,
         rotation: RotationSettings | None = None,
+        provision: ProvisionSettings | None = None,
         full_sync_every: int = 12,
         requests: RequestQueue | None = None,
         kill_at: str | None = None,
@@ -90,6 +92,7 @@ class Engine:
     ) -> None:
         self.zpa, self.store, self.options, self.lease = zpa, store, options, lease
         self.rotation = rotation or RotationSettings()
+        self.provision = provision or ProvisionSettings()
         self.full_sync_every = max(1, full_sync_every)
         self.requests = requests or RequestQueue(now=now)
         self.kill_at = kill_at
@@ -156,6 +159,7 @@ class Engine:
                 now=self._now,
                 warm=self.warm,
                 guard=self.fence,
+                provisioner=self._provisioner(),
             )
         except VaultZpaError as exc:
             self.warm.invalidate()
@@ -280,6 +284,22 @@ class Engine:
             self.warm.invalidate()  # Vault changed outside the sync plan: read back next time
         if later:
             self.follow_up()
+
+    def _provisioner(self) -> ProvisionStep | None:
+        """A fresh provisioning step per run (it caches certificate ids for one run only)."""
+        if not self.provision.any_enabled:
+            return None
+        return ProvisionStep(
+            zpa=self.zpa,
+            store=self.store,
+            prefix=self.options.prefix,
+            settings=self.provision,
+            rules=self.options.rules,
+            guard=self.fence,
+            kill_at=self.kill_at,
+            now=self._now,
+            takeover=self.rotation.takeover,
+        )
 
     def _rotate_pass(
         self,

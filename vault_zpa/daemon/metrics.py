@@ -152,6 +152,8 @@ def _key_state(action: Action, outcome: Outcome) -> str:
     return {
         Action.CONFLICT: "conflict",
         Action.SKIPPED: "no-eligible-key",
+        Action.NO_KEY: "no-key",
+        Action.PROVISION: "provisioned",
         Action.ORPHAN: "orphan",
         Action.PRUNE: "pruned",
     }.get(action, "ok")

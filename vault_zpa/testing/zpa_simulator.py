@@ -97,6 +97,32 @@ class _Window:
 class SimulatorStats:
     requests: Counter[str] = field(default_factory=Counter)
     rate_limited: int = 0
+    enrollments: Counter[str] = field(default_factory=Counter)  # by outcome (enroll_with)
+
+
+@dataclass(frozen=True)
+class KeyEvent:
+    """One change to a stored key, as `record_events=True` keeps them (`sim.events`): what it
+    was at wall-clock time `at` (time.time(), comparable with Vault's version times). `kind` is
+    created | enrolled | updated | deleted; `value` is the key value on `created` only."""
+
+    at: float
+    kind: str
+    association_type: str
+    key_id: str
+    group_id: str
+    enabled: bool
+    usage_count: int
+    max_usage: int
+    value: str = ""
+
+
+class EnrollmentRejected(Exception):
+    """An enrollment ZPA refuses: `reason` is unknown-key | disabled | exhausted."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class ZpaSimulator:
@@ -129,6 +155,7 @@ class ZpaSimulator:
         not_found_status: int = 400,
         key_group_fields: bool = False,
         migrated: bool = False,
+        record_events: bool = False,
     ) -> None:
         rng = random.Random(seed)
         self.host = host
@@ -141,6 +168,10 @@ class ZpaSimulator:
         # A tenant migrated to ZIdentity: legacy API calls answer non-JSON "only through
         # Zscaler OneAPI" (zpa-api.md §4, §12).
         self.migrated = migrated
+        # Every change to a key (create, enrollment, update, delete) with its time, for
+        # benchmarks that replay ZPA's truth (benchmarks/enrollment.py); off by default.
+        self.record_events = record_events
+        self.events: list[KeyEvent] = []
         self.microtenants: dict[str, dict[str, Any]] = {}
         self.cert_file: str | None = None  # the self-signed certificate (PEM), with --tls
         self.ca_bundle: str | None = None  # certifi's CAs plus that certificate
@@ -282,6 +313,7 @@ class ZpaSimulator:
                 key["microtenantId"] = tenant
                 self.add_microtenant(tenant)
             self.keys[association_type][key_id] = key
+            self.record(association_type, key, "created")
             return key
 
     def add_microtenant(self, microtenant_id: str, name: str = "") -> dict[str, Any]:
@@ -313,6 +345,7 @@ class ZpaSimulator:
             key.update(values or {})
             for name in remove:
                 key.pop(name, None)
+            self.record(association_type, key, "updated")
             return key
 
     def enroll(self, association_type: str, key_id: str, count: int = 1) -> dict[str, Any]:
@@ -323,7 +356,63 @@ class ZpaSimulator:
             if usage > int(key["maxUsage"]) or not key["enabled"]:
                 raise ValueError("key is exhausted or disabled")
             key["usageCount"] = str(usage)
+            self.record(association_type, key, "enrolled")
             return key
+
+    def enroll_with(self, value: str) -> tuple[str, dict[str, Any]]:
+        """What a connector's enrollment with a provisioning key *value* does: find the key
+        (any association type), refuse it if deleted (unknown), disabled or used up, else
+        usageCount += 1. Returns (association type, key); raises EnrollmentRejected."""
+        with self._lock:
+            for atype, store in self.keys.items():
+                for key in store.values():
+                    if key.get("provisioningKey") != value:
+                        continue
+                    if not key["enabled"]:
+                        reason = "disabled"
+                    elif int(key["usageCount"]) >= int(key["maxUsage"]):
+                        reason = "exhausted"
+                    else:
+                        key["usageCount"] = str(int(key["usageCount"]) + 1)
+                        self.stats.enrollments["enrolled"] += 1
+                        self.record(atype, key, "enrolled")
+                        return atype, key
+                    self.stats.enrollments[reason] += 1
+                    raise EnrollmentRejected(reason)
+            self.stats.enrollments["unknown-key"] += 1
+            raise EnrollmentRejected("unknown-key")
+
+    def delete_key(self, association_type: str, key_id: str) -> None:
+        """Delete one key as an admin does in the console. Raises KeyError for an unknown key."""
+        with self._lock:
+            key = self.keys[association_type].pop(key_id)
+            self.record(association_type, key, "deleted")
+
+    def record(self, association_type: str, key: dict[str, Any], kind: str) -> None:
+        """Keep a KeyEvent for this key's current state (with `record_events` only)."""
+        if not self.record_events:
+            return
+
+        def number(name: str) -> int:
+            try:
+                return int(str(key.get(name)))
+            except ValueError:
+                return 0
+
+        with self._lock:
+            self.events.append(
+                KeyEvent(
+                    at=time.time(),
+                    kind=kind,
+                    association_type=association_type,
+                    key_id=str(key.get("id", "")),
+                    group_id=str(key.get("zcomponentId", "")),
+                    enabled=key.get("enabled") is True,
+                    usage_count=number("usageCount"),
+                    max_usage=number("maxUsage"),
+                    value=str(key.get("provisioningKey", "")) if kind == "created" else "",
+                )
+            )
 
     def accepts(self, value: str) -> bool:
         """Would ZPA accept this provisioning key for an enrollment right now?"""
@@ -1081,6 +1170,7 @@ def _keys(
                 # comes; the total stays the same, so only page 1 tells.
                 faults.swap_page1_next -= 1
                 gone = store.pop(str(body["list"][0]["id"]))
+                sim.record(atype, gone, "deleted")
                 sim.add_key(atype, gone["zcomponentId"], name=f"{gone['name']}-replacement")
             if aimed and faults.listing_total_pages:
                 body["totalPages"] = faults.listing_total_pages
@@ -1108,9 +1198,10 @@ def _keys(
                 if name in body:
                     key[name] = str(body[name]) if name == "maxUsage" else body[name]
             key["modifiedTime"] = str(int(time.time()))
+            sim.record(atype, key, "updated")
             raise _Reply(204)
         if method == "DELETE":
-            del store[rest[0]]
+            sim.record(atype, store.pop(rest[0]), "deleted")
             raise _Reply(204)
     raise _error(405, "method.not.allowed", f"{method} is not allowed here")
 
@@ -1200,7 +1291,7 @@ def _groups(
         if method == "DELETE":
             del store[rest[0]]
             for key_id in [k for k, v in sim.keys[atype].items() if v["zcomponentId"] == rest[0]]:
-                del sim.keys[atype][key_id]
+                sim.record(atype, sim.keys[atype].pop(key_id), "deleted")
             raise _Reply(204)
     raise _error(405, "method.not.allowed", f"{method} is not allowed here")
 
@@ -1215,6 +1306,7 @@ def _admin(sim: ZpaSimulator, method: str, path: str, raw: bytes) -> None:
                     "requests": dict(sim.stats.requests),
                     "total": sum(sim.stats.requests.values()),
                     "rate_limited": sim.stats.rate_limited,
+                    "enrollments": dict(sim.stats.enrollments),
                 },
             )
     if path == "/_sim/stats/reset" and method == "POST":
@@ -1231,6 +1323,28 @@ def _admin(sim: ZpaSimulator, method: str, path: str, raw: bytes) -> None:
         raise _Reply(200, asdict(sim.faults))
     if path == "/_sim/enroll" and method == "POST":
         body = _json_body(raw)
+        if "provisioning_key" in body:
+            # A connector enrolling with the key value it was given (zpa-api.md §9): a deleted
+            # key is unknown to ZPA (401, what the connector logs for a wrong key); a disabled
+            # or used-up one is refused (409). Not rate limited: enrollment is not the API.
+            try:
+                atype, key = sim.enroll_with(str(body["provisioning_key"]))
+            except EnrollmentRejected as exc:
+                if exc.reason == "unknown-key":
+                    raise _error(
+                        401, "enrollment.key.invalid", "Unknown provisioning key"
+                    ) from None
+                raise _error(409, f"key.{exc.reason}", f"The key is {exc.reason}") from None
+            raise _Reply(
+                200,
+                {
+                    "association_type": atype,
+                    "id": key["id"],
+                    "zcomponentId": key["zcomponentId"],
+                    "usageCount": key["usageCount"],
+                    "maxUsage": key["maxUsage"],
+                },
+            )
         try:
             key = sim.enroll(
                 str(body["association_type"]), str(body["key_id"]), int(body.get("count", 1))

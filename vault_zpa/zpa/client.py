@@ -39,7 +39,7 @@ from vault_zpa.errors import (
     ZpaUnavailable,
 )
 from vault_zpa.masking import Secret
-from vault_zpa.model import AssociationType, ProvisioningKey, interned
+from vault_zpa.model import AssociationType, ProvisioningKey, ZpaGroup, interned
 from vault_zpa.zpa.auth import Token, TokenSource
 from vault_zpa.zpa.ratelimit import SlidingWindowLimiter
 
@@ -310,14 +310,16 @@ class ZpaClient:
                 return cert
         return None
 
-    def list_groups(self, association_type: AssociationType) -> list[dict[str, Any]]:
-        """GET /appConnectorGroup or /serviceEdgeGroup, every page."""
+    def list_groups(self, association_type: AssociationType) -> list[ZpaGroup]:
+        """GET /appConnectorGroup or /serviceEdgeGroup, every page (checked as keys are)."""
         kind = (
             "appConnectorGroup"
             if association_type is AssociationType.CONNECTOR_GRP
             else "serviceEdgeGroup"
         )
-        return self._list_all(f"{self._v1}/{kind}", f"list {kind}s", _as_is)
+        return self._list_all(
+            f"{self._v1}/{kind}", f"list {kind}s", lambda raw: parse_group(raw, association_type)
+        )
 
     # ---- plumbing ---------------------------------------------------------------------
 
@@ -616,6 +618,38 @@ class ZpaClient:
         """Capped exponential backoff with full jitter over the upper half."""
         ceiling = min(self._retry.cap, self._retry.base * 2 ** (attempt - 1))
         return self._rng.uniform(ceiling / 2, ceiling)
+
+
+def parse_group(raw: Mapping[str, Any], association_type: AssociationType) -> ZpaGroup:
+    """One group of a listing. A group without a usable id or name makes the whole listing
+    untrustworthy (ListingInconsistent): an odd listing must never make a group look gone."""
+    group_id = raw.get("id")
+    name = raw.get("name")
+    if (
+        not isinstance(group_id, str | int)
+        or isinstance(group_id, bool)
+        or str(group_id) == ""
+        or not isinstance(name, str)
+    ):
+        raise ListingInconsistent(
+            f"list {association_type.value} groups: an entry has no usable id or name; "
+            "not trusting the listing this run"
+        )
+    tenant = raw.get("microtenantId")
+    try:
+        enabled = _bool(raw.get("enabled", True))
+    except ValueError:
+        raise ListingInconsistent(
+            f"list {association_type.value} groups: group {str(group_id)[:40]} has an odd "
+            "'enabled' value; not trusting the listing this run"
+        ) from None
+    return ZpaGroup(
+        id=interned(str(group_id)),
+        name=interned(name),
+        association_type=association_type,
+        enabled=enabled,
+        microtenant_id=str(tenant) if isinstance(tenant, str | int) and str(tenant) else None,
+    )
 
 
 def parse_key(raw: Mapping[str, Any], association_type: AssociationType) -> ProvisioningKey:

@@ -1,0 +1,528 @@
+"""Secure introduction with response wrapping, on a real OpenBao: `vault-zpa wrap` hands out a
+single-use token, `vault-zpa fetch --wrapped-token-file` redeems it on a host holding no Vault
+token; a token redeemed twice, expired, or wrapping anything but the group's secret is one line
+and exit 2, and neither the key nor the token shows in any output."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import stat
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from subprocess import CompletedProcess
+
+import httpx
+import pytest
+
+from tests.conftest import Vault, clean_env, run_cli
+from vault_zpa import policy, wrapping
+from vault_zpa.errors import ConfigError
+from vault_zpa.masking import Secret
+from vault_zpa.model import AssociationType
+
+TYPE = "CONNECTOR_GRP"
+
+
+def new_key() -> str:
+    return f"3|api.private.zscaler.com|{secrets.token_urlsafe(48)}"
+
+
+def put(vault: Vault, group: str, key: str, *, mount: str | None = None, **data: str) -> None:
+    """The group's secret as sync writes it (KV v2, or v1 when `mount` is a v1 mount)."""
+    fields = {"provisioning_key": key, "group_name": group, "group_id": "72058", **data}
+    if mount is None:
+        vault.api(
+            "POST", f"{vault.mount}/data/zpa/{TYPE}/{group}", json={"data": fields}
+        ).raise_for_status()
+    else:
+        vault.api("POST", f"{mount}/zpa/{TYPE}/{group}", json=fields).raise_for_status()
+
+
+def operator_env(vault: Vault, home: Path, token: str | None = None) -> dict[str, str]:
+    env = clean_env(vault.env, {"HOME": str(home)})
+    if token is not None:
+        env["VAULT_TOKEN"] = token
+    return env
+
+
+def host_env(vault: Vault, home: Path, **extra: str) -> dict[str, str]:
+    """A new VM: Vault's address and the mount, no Vault token anywhere (not even
+    ~/.vault-token)."""
+    return clean_env(
+        {"VAULT_ADDR": vault.server.addr, "VAULT_ZPA_MOUNT": vault.mount, "HOME": str(home)},
+        extra,
+    )
+
+
+def wrap_json(vault: Vault, env: dict[str, str], group: str, *args: str) -> dict[str, object]:
+    made = run_cli(
+        "wrap", "--association-type", TYPE, "--group", group, "--output", "json", *args, env=env
+    )
+    assert made.returncode == 0, made.stderr
+    return json.loads(made.stdout)  # type: ignore[no-any-return]
+
+
+def fetch(env: dict[str, str], group: str, out: Path, *args: str) -> CompletedProcess[str]:
+    return run_cli(
+        "fetch", "--association-type", TYPE, "--group", group, "--out", str(out), *args, env=env
+    )
+
+
+def token_file(tmp_path: Path, content: str, name: str | None = None) -> Path:
+    path = tmp_path / (name or f"wrapped-{uuid.uuid4().hex[:6]}")
+    path.write_text(content)
+    path.chmod(0o600)
+    return path
+
+
+def alive(vault: Vault, token: str) -> bool:
+    """sys/wrapping/lookup, unauthenticated: the token is still redeemable (lookups never use
+    it up)."""
+    response = httpx.post(
+        f"{vault.server.addr}/v1/sys/wrapping/lookup", json={"token": token}, timeout=10
+    )
+    return response.status_code == 200
+
+
+def wrapped_by_root(vault: Vault, method: str, path: str, ttl: str, **kwargs: object) -> str:
+    """A wrapping token for any request, made with the root token (as an attacker with some
+    other read, or `bao ... -wrap-ttl`, could make one)."""
+    response = httpx.request(
+        method,
+        f"{vault.server.addr}/v1/{path}",
+        headers={"X-Vault-Token": vault.server.root_token, "X-Vault-Wrap-TTL": ttl},
+        timeout=30,
+        **kwargs,  # type: ignore[arg-type]
+    )
+    response.raise_for_status()
+    return str(response.json()["wrap_info"]["token"])
+
+
+def one_line(proc: CompletedProcess[str], *secret_values: str) -> str:
+    """The single stderr line of a refused run; no secret anywhere in its output."""
+    for value in secret_values:
+        assert value not in proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    path = tmp_path / "home"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def daemon_token(vault: Vault) -> Iterator[str]:
+    """A token with only the daemon's policy for this mount (not even Vault's default one)."""
+    name = f"daemon-{vault.mount}"
+    text = policy.daemon_policy(mount=vault.mount).text
+    vault.api("PUT", f"sys/policies/acl/{name}", json={"policy": text}).raise_for_status()
+    response = vault.api(
+        "POST", "auth/token/create", json={"policies": [name], "no_default_policy": True}
+    )
+    response.raise_for_status()
+    yield str(response.json()["auth"]["client_token"])
+    vault.api("DELETE", f"sys/policies/acl/{name}")
+
+
+def test_a_wrapped_key_works_once(
+    vault: Vault, home: Path, tmp_path: Path, daemon_token: str
+) -> None:
+    """The daemon's policy is enough to wrap; a host with no Vault token redeems the token
+    once (written as fetch writes, mode 0644); a second try is one line, exit 2, naming the
+    interception; no key or token in any output, debug logs included."""
+    key = new_key()
+    put(vault, "g1", key)
+    made = wrap_json(vault, operator_env(vault, home, daemon_token), "g1", "--ttl", "2m")
+    token = str(made["token"])
+    assert made["creation_path"] == f"{vault.mount}/data/zpa/{TYPE}/g1"
+    assert made["ttl"] == 120
+    assert made["unwraps_to"] == "provisioning_key"
+    assert made["kv_path"] == f"{vault.mount}/zpa/{TYPE}/g1"
+    assert made["accessor"]
+    assert made["expires_at"]
+    assert key not in json.dumps(made)
+    env = host_env(vault, home)
+    out = tmp_path / "provision_key"
+    bare = token_file(tmp_path, f"\n  {token}  \n\n")
+    first = fetch(env, "g1", out, "--wrapped-token-file", str(bare), "--log-level", "debug")
+    assert first.returncode == 0, first.stderr
+    assert out.read_text() == key + "\n"
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644
+    assert f"wrote {out} from {vault.mount}/zpa/{TYPE}/g1" in first.stdout
+    assert "unwrapped" in first.stdout
+    for value in (key, token, key.split("|")[2]):
+        assert value not in first.stdout + first.stderr
+    assert not alive(vault, token)
+
+    again = fetch(env, "g1", out, "--wrapped-token-file", str(bare))
+    assert again.returncode == 2
+    line = one_line(again, key, token)
+    assert "already unwrapped, expired, or never issued" in line
+    assert "intercepted" in line
+    # Given wrap's JSON, which says when the token expires, the line is definite.
+    document = token_file(tmp_path, json.dumps(made))
+    definite = fetch(env, "g1", out, "--wrapped-token-file", str(document))
+    assert definite.returncode == 2
+    line = one_line(definite, key, token)
+    assert "was already unwrapped" in line
+    assert "intercepted" in line
+    assert out.read_text() == key + "\n"  # the first key stays
+
+
+def test_wrap_text_output_and_the_environment_variable(
+    vault: Vault, home: Path, tmp_path: Path
+) -> None:
+    """`wrap` prints the token, accessor, TTL, expiry and creation path (never the key);
+    VAULT_WRAPPED_TOKEN works like the file."""
+    key = new_key()
+    put(vault, "g1", key)
+    made = run_cli(
+        "wrap",
+        "--association-type",
+        TYPE,
+        "--group",
+        "g1",
+        "--ttl",
+        "1m",
+        env=operator_env(vault, home),
+    )
+    assert made.returncode == 0, made.stderr
+    assert key not in made.stdout + made.stderr
+    fields = dict(line.split(None, 1) for line in made.stdout.strip().splitlines())
+    assert set(fields) == {
+        "wrapping_token",
+        "wrapping_accessor",
+        "wrapping_token_ttl",
+        "wrapping_token_creation_time",
+        "wrapping_token_expires_at",
+        "wrapping_token_creation_path",
+    }
+    assert fields["wrapping_token_ttl"] == "1m"
+    assert fields["wrapping_token_creation_path"] == f"{vault.mount}/data/zpa/{TYPE}/g1"
+    token = fields["wrapping_token"]
+    out = tmp_path / "provision_key"
+    env = host_env(vault, home, VAULT_WRAPPED_TOKEN=token)
+    done = fetch(env, "g1", out)
+    assert done.returncode == 0, done.stderr
+    assert out.read_text() == key + "\n"
+    assert token not in done.stdout + done.stderr
+
+
+def test_an_expired_token_fails_with_one_line(vault: Vault, home: Path, tmp_path: Path) -> None:
+    """A 1-second token, once Vault has expired it: one line saying so, exit 2, no file."""
+    key = new_key()
+    put(vault, "g1", key)
+    made = wrap_json(vault, operator_env(vault, home), "g1", "--ttl", "1s")
+    token = str(made["token"])
+    deadline = time.monotonic() + 10
+    while alive(vault, token):  # Vault's clock decides; no fake clock can stand in for it
+        assert time.monotonic() < deadline, "the 1s wrapping token did not expire"
+        time.sleep(0.1)
+    out = tmp_path / "provision_key"
+    env = host_env(vault, home)
+    expired = fetch(
+        env, "g1", out, "--wrapped-token-file", str(token_file(tmp_path, json.dumps(made)))
+    )
+    assert expired.returncode == 2
+    line = one_line(expired, key, token)
+    assert "the wrapping token expired at" in line
+    assert "intercepted" not in line
+    bare = fetch(host_env(vault, home, VAULT_WRAPPED_TOKEN=token), "g1", out)
+    assert bare.returncode == 2
+    assert "already unwrapped, expired, or never issued" in one_line(bare, key, token)
+    assert not out.exists()
+
+
+def test_a_token_wrapping_anything_else_is_refused_unused(
+    vault: Vault, home: Path, tmp_path: Path
+) -> None:
+    """Another group's secret, an arbitrary `sys/wrapping/wrap` of a canary, and a token
+    made to live over a day are refused without being unwrapped: the intended recipient can
+    still redeem them. A secret at the right path naming another group is not written."""
+    mine, theirs = new_key(), new_key()
+    put(vault, "g1", mine)
+    put(vault, "g2", theirs)
+    operator = operator_env(vault, home)
+    env = host_env(vault, home)
+    out = tmp_path / "provision_key"
+
+    other = str(wrap_json(vault, operator, "g2", "--ttl", "2m")["token"])
+    refused = fetch(env, "g1", out, "--wrapped-token-file", str(token_file(tmp_path, other)))
+    assert refused.returncode == 2
+    line = one_line(refused, mine, theirs, other)
+    assert f"'{vault.mount}/data/zpa/{TYPE}/g2'" in line
+    assert "refused without unwrapping it" in line
+    assert alive(vault, other)
+
+    canary = new_key()
+    forged = wrapped_by_root(
+        vault,
+        "POST",
+        "sys/wrapping/wrap",
+        "2m",
+        json={"provisioning_key": canary, "group_name": "g1"},
+    )
+    refused = run_cli(
+        "fetch",
+        "--association-type",
+        TYPE,
+        "--group",
+        "g1",
+        "--out",
+        str(out),
+        env=host_env(vault, home, VAULT_WRAPPED_TOKEN=forged),
+    )
+    assert refused.returncode == 2
+    assert "'sys/wrapping/wrap'" in one_line(refused, canary, forged)
+    assert alive(vault, forged)
+
+    lasting = wrapped_by_root(vault, "GET", f"{vault.mount}/data/zpa/{TYPE}/g1", "25h")
+    refused = fetch(env, "g1", out, "--wrapped-token-file", str(token_file(tmp_path, lasting)))
+    assert refused.returncode == 2
+    assert "more than 24 hours" in one_line(refused, mine, lasting)
+    assert alive(vault, lasting)
+    assert not out.exists()
+
+    # The intended recipient of the other group's token still gets its key.
+    theirs_out = tmp_path / "theirs"
+    redeemed = fetch(
+        env, "g2", theirs_out, "--wrapped-token-file", str(token_file(tmp_path, other))
+    )
+    assert redeemed.returncode == 0, redeemed.stderr
+    assert theirs_out.read_text() == theirs + "\n"
+
+    # The right path, but the secret there names another group: unwrapped, never written.
+    put(vault, "g1", new_key(), group_name="somebody-else")
+    wrong = wrapped_by_root(vault, "GET", f"{vault.mount}/data/zpa/{TYPE}/g1", "2m")
+    refused = fetch(env, "g1", out, "--wrapped-token-file", str(token_file(tmp_path, wrong)))
+    assert refused.returncode == 1
+    assert "belongs to group 'somebody-else'" in one_line(refused, wrong)
+    assert not out.exists()
+
+
+def test_nothing_is_spent_when_the_key_could_not_be_written(
+    vault: Vault, home: Path, tmp_path: Path
+) -> None:
+    """A missing --out directory is found before the single-use token is used (exit 1)."""
+    put(vault, "g1", new_key())
+    token = str(wrap_json(vault, operator_env(vault, home), "g1", "--ttl", "1m")["token"])
+    env = host_env(vault, home, VAULT_WRAPPED_TOKEN=token)
+    failed = fetch(env, "g1", tmp_path / "missing" / "provision_key")
+    assert failed.returncode == 1
+    assert "the wrapped token was not used" in one_line(failed, token)
+    assert alive(vault, token)
+
+
+def test_kv_v1_mount(vault: Vault, home: Path, tmp_path: Path) -> None:
+    """On a KV v1 mount the wrapped read is `<mount>/<path>`, and fetch accepts it."""
+    mount = f"kv1-{uuid.uuid4().hex[:8]}"
+    vault.api("POST", f"sys/mounts/{mount}", json={"type": "kv"}).raise_for_status()
+    try:
+        key = new_key()
+        put(vault, "g1", key, mount=mount, _meta_managed_by="vault-zpa")
+        operator = {**operator_env(vault, home), "VAULT_ZPA_MOUNT": mount}
+        made = wrap_json(vault, operator, "g1", "--ttl", "1m")
+        assert made["creation_path"] == f"{mount}/zpa/{TYPE}/g1"
+        env = {**host_env(vault, home), "VAULT_ZPA_MOUNT": mount}
+        out = tmp_path / "provision_key"
+        done = fetch(
+            env, "g1", out, "--wrapped-token-file", str(token_file(tmp_path, str(made["token"])))
+        )
+        assert done.returncode == 0, done.stderr
+        assert out.read_text() == key + "\n"
+    finally:
+        vault.api("DELETE", f"sys/mounts/{mount}")
+
+
+def test_a_wrapped_approle_secret_id(vault: Vault, home: Path, tmp_path: Path) -> None:
+    """`wrap --approle-role` wraps a new secret-id; the host unwraps it, logs in with its
+    role_id and fetches its key; a secret-id token is no key token and the other way round."""
+    approle = f"approle-{uuid.uuid4().hex[:8]}"
+    grant = f"connector-{vault.mount}"
+    key = new_key()
+    put(vault, "g1", key)
+    text = policy.connector_policy(
+        association_type=AssociationType.CONNECTOR_GRP, group_name="g1", mount=vault.mount
+    ).text
+    vault.api("PUT", f"sys/policies/acl/{grant}", json={"policy": text}).raise_for_status()
+    vault.api("POST", f"sys/auth/{approle}", json={"type": "approle"}).raise_for_status()
+    try:
+        vault.api(
+            "POST",
+            f"auth/{approle}/role/g1-host",
+            json={"token_policies": [grant], "secret_id_num_uses": 1, "token_ttl": "5m"},
+        ).raise_for_status()
+        role_id = vault.api("GET", f"auth/{approle}/role/g1-host/role-id").json()["data"]["role_id"]
+        operator = {**operator_env(vault, home), "VAULT_ZPA_APPROLE_MOUNT": approle}
+        made = wrap_json(vault, operator, "g1", "--ttl", "1m", "--approle-role", "g1-host")
+        assert made["creation_path"] == f"auth/{approle}/role/g1-host/secret-id"
+        assert made["unwraps_to"] == "approle_secret_id"
+        token = str(made["token"])
+        env = host_env(
+            vault, home, VAULT_ZPA_APPROLE_MOUNT=approle, VAULT_ZPA_APPROLE_ROLE_ID=role_id
+        )
+        out = tmp_path / "provision_key"
+        as_key = fetch(env, "g1", out, "--wrapped-token-file", str(token_file(tmp_path, token)))
+        assert as_key.returncode == 2
+        assert "refused without unwrapping it" in one_line(as_key, token)
+        done = fetch(
+            env,
+            "g1",
+            out,
+            "--wrapped-token-file",
+            str(token_file(tmp_path, token)),
+            "--approle-role",
+            "g1-host",
+        )
+        assert done.returncode == 0, done.stderr
+        assert out.read_text() == key + "\n"
+        assert token not in done.stdout + done.stderr
+        key_token = str(wrap_json(vault, operator, "g1", "--ttl", "1m")["token"])
+        as_role = fetch(
+            env,
+            "g1",
+            out,
+            "--wrapped-token-file",
+            str(token_file(tmp_path, key_token)),
+            "--approle-role",
+            "g1-host",
+        )
+        assert as_role.returncode == 2
+        assert "refused without unwrapping it" in one_line(as_role, key, key_token)
+        missing = run_cli(
+            "wrap",
+            "--association-type",
+            TYPE,
+            "--group",
+            "g1",
+            "--approle-role",
+            "nobody",
+            env=operator,
+        )
+        assert missing.returncode == 2
+        assert "no AppRole role 'nobody'" in one_line(missing)
+    finally:
+        vault.api("DELETE", f"sys/auth/{approle}")
+        vault.api("DELETE", f"sys/policies/acl/{grant}")
+
+
+@pytest.mark.parametrize("ttl", ["nope", "25h", "1.5s"])
+def test_a_bad_ttl_is_one_line_and_exit_2(vault: Vault, home: Path, ttl: str) -> None:
+    """Refused before Vault is asked anything."""
+    proc = run_cli(
+        "wrap",
+        "--association-type",
+        TYPE,
+        "--group",
+        "g1",
+        "--ttl",
+        ttl,
+        env=operator_env(vault, home),
+    )
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert "--ttl" in one_line(proc)
+
+
+def test_an_unusable_token_file_is_one_line_and_exit_2(
+    vault: Vault, home: Path, tmp_path: Path
+) -> None:
+    """An empty token file stops fetch before Vault is asked anything."""
+    proc = fetch(
+        host_env(vault, home),
+        "g1",
+        tmp_path / "out",
+        "--wrapped-token-file",
+        str(token_file(tmp_path, " \n")),
+    )
+    assert proc.returncode == 2
+    assert "is empty" in one_line(proc)
+
+
+# -- in process: the token file and the wording ----------------------------------------------
+
+
+def test_token_files_are_read_strictly(tmp_path: Path) -> None:
+    """Missing, empty, oversized, binary, a directory, or not a token: one ConfigError whose
+    message never quotes the file."""
+    canary = "s.CANARY" + secrets.token_hex(8)
+    cases = {
+        "missing": None,
+        "empty": "",
+        "blank": " \n\t\n",
+        "huge": "s." + "A" * (70 * 1024),
+        "two words": f"{canary} {canary}",
+        "json without token": json.dumps({"accessor": canary}),
+        "broken json": "{" + canary,
+    }
+    for name, content in cases.items():
+        path = tmp_path / name.replace(" ", "-")
+        if content is not None:
+            path.write_text(content)
+        with pytest.raises(ConfigError) as caught:
+            wrapping.read_token_file(str(path))
+        assert canary not in str(caught.value), name
+        assert "\n" not in str(caught.value)
+    (tmp_path / "binary").write_bytes(b"\xff\xfe" + canary.encode())
+    with pytest.raises(ConfigError, match="not text"):
+        wrapping.read_token_file(str(tmp_path / "binary"))
+    with pytest.raises(ConfigError, match="Is a directory"):
+        wrapping.read_token_file(str(tmp_path))
+
+
+def test_token_documents_and_masking() -> None:
+    """The bare token, wrap's JSON and the vault CLI's wrap_info all give the token (and the
+    expiry where they say it); its repr is masked."""
+    token = "hvs.CAESI" + secrets.token_hex(12)
+    bare = wrapping.parse_token(f"  {token}\n", source="test")
+    assert bare.token.reveal() == token
+    assert bare.expires_at is None
+    assert token not in repr(bare)
+    assert token not in str(bare)
+    ours = wrapping.parse_token(
+        json.dumps({"token": token, "expires_at": "2026-11-28T00:51:13Z"}), source="test"
+    )
+    assert ours.expires_at == datetime(2026, 11, 28, 0, 51, 13, tzinfo=UTC)
+    cli = wrapping.parse_token(
+        json.dumps(
+            {
+                "data": None,
+                "wrap_info": {
+                    "token": token,
+                    "ttl": 60,
+                    "creation_time": "2026-11-28T00:36:13.737403633Z",
+                },
+            }
+        ),
+        source="test",
+    )
+    assert cli.token.reveal() == token
+    assert cli.expires_at == datetime(2026, 11, 28, 0, 37, 13, 737403, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("left", "says"),
+    [
+        (None, "already unwrapped, expired, or never issued"),
+        (-5.0, "expired at"),
+        (600.0, "was already unwrapped"),
+        (10.0, "already unwrapped, expired, or never issued"),  # too near to tell
+    ],
+)
+def test_the_one_line_for_a_token_vault_does_not_know(left: float | None, says: str) -> None:
+    """Expired or intercepted when the expiry is known (beyond clock slack); both otherwise."""
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    until = None if left is None else now + timedelta(seconds=left)
+    token = wrapping.WrappedToken(Secret("s.x" * 4), "test", until)
+    error = wrapping.spent(token, None, now=now)
+    assert says in error.message
+    assert error.exit_code == 2
+    assert ("intercepted" in error.message) == ("expired at" not in says)

@@ -1,0 +1,539 @@
+"""Opt-in provisioning: a group with no usable key gets one, created in ZPA and written to its
+path in the same run (the Terraform page's `zpa_provisioning_key`, done the safe way).
+
+Off by default: it changes ZPA. Per association type, optionally only for named groups or a
+name pattern:
+
+    [association_type.CONNECTOR_GRP.provision]
+    enabled = true
+    max_usage = 10
+    enrollment_cert = "Connector"          # by name; the default per type
+    name_template = "{group}-{timestamp}"
+    groups = ["Prod Connectors"]           # and/or group_pattern = "^prod-"
+
+It runs the rotation journal's protocol without an old key (rotation.py has the reasoning):
+
+    IDLE --cas: INTENT(kind provision, unique name, path, cert, max_usage)-->
+         --find by name, else create in ZPA--> CREATED --cas write to the group's path-->
+         IDLE (last_rotated_at)
+
+- One journal per group serves rotation and provisioning: at most one creation per group is in
+  flight, whichever started it (I3); only the lease holder writes (I4, the `writer` fence).
+- The unique name is journaled before the create, and a resumed run looks it up first, so a
+  lost create response is found, not repeated (I2); a key made for an INTENT another run won is
+  withdrawn (it carries the journaled name, which the sync never serves: Journal.shuns).
+- Nothing is ever deleted or disabled but such a withdrawn duplicate (I1).
+- Before it starts, a run reads the journal, then the group's path: a key another run
+  provisioned meanwhile is already there (its secret is written before its journal goes back
+  to IDLE), and the INTENT write is check-and-set against the journal read, so of two runs that
+  both saw the group without a key exactly one creates.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from vault_zpa.errors import CasConflict, ConfigError, VaultZpaError, ZpaApiError
+from vault_zpa.model import Action, AssociationType, ItemResult, Outcome, PlanItem, ProvisioningKey
+from vault_zpa.reconcile import TypeRule, secret_data, volatile_metadata
+from vault_zpa.rotation import (
+    Decision,
+    Journal,
+    RotationPolicy,
+    RotationResult,
+    Rotator,
+    State,
+    Superseded,
+    _not_found,
+    _parse,
+    _stamp,
+    new_key_name,
+    read_journal,
+)
+
+log = logging.getLogger(__name__)
+
+# Failures back off from a minute, doubling up to a day; a provisioning never gives up for
+# good (every attempt looks its name up first, so retrying cannot multiply keys).
+RETRY = RotationPolicy(backoff=60.0, max_failures=1_000_000)
+KNOWN_KEYS = frozenset(
+    {"enabled", "max_usage", "enrollment_cert", "name_template", "groups", "group_pattern"}
+)
+
+
+@dataclass(frozen=True)
+class ProvisionPolicy:
+    enabled: bool = False
+    max_usage: int = 10
+    enrollment_cert: str = ""  # by name; "" means the type's usual one (Connector / Service Edge)
+    name_template: str = "{group}-{timestamp}"
+    groups: frozenset[str] = frozenset()  # only these groups (with group_pattern: either)
+    group_pattern: re.Pattern[str] | None = None
+
+    def covers(self, group_name: str) -> bool:
+        if not self.enabled:
+            return False
+        if not self.groups and self.group_pattern is None:
+            return True
+        if group_name in self.groups:
+            return True
+        return self.group_pattern is not None and self.group_pattern.search(group_name) is not None
+
+    def cert_name(self, atype: AssociationType) -> str:
+        return self.enrollment_cert or atype.enrollment_cert_name
+
+
+@dataclass(frozen=True)
+class ProvisionSettings:
+    policies: Mapping[AssociationType, ProvisionPolicy] = field(default_factory=dict)
+    max_per_run: int = 10
+
+    def policy(self, atype: AssociationType) -> ProvisionPolicy:
+        return self.policies.get(atype, ProvisionPolicy())
+
+    def covers(self, atype: AssociationType, group_name: str) -> bool:
+        return self.policy(atype).covers(group_name)
+
+    @property
+    def any_enabled(self) -> bool:
+        return any(p.enabled for p in self.policies.values())
+
+
+def parse_policy(table: Mapping[str, Any], where: str) -> ProvisionPolicy:
+    """Validate one [association_type.T.provision] table; one line per mistake."""
+    changes: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in KNOWN_KEYS:
+            raise ConfigError(f"{where} {key}: unknown key", hint=f"known: {sorted(KNOWN_KEYS)}")
+        try:
+            if key == "enabled":
+                if not isinstance(value, bool):
+                    raise ValueError("must be true or false (a TOML boolean, unquoted)")
+                changes[key] = value
+            elif key == "max_usage":
+                # ZPA's maxUsage: a positive whole number (the console allows up to 5000).
+                if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 5000:
+                    raise ValueError("must be a whole number from 1 to 5000")
+                changes[key] = value
+            elif key == "enrollment_cert":
+                if not isinstance(value, str) or not value.strip() or len(value) > 255:
+                    raise ValueError("must be an enrollment certificate's name")
+                changes[key] = value
+            elif key == "name_template":
+                if not isinstance(value, str) or "{timestamp}" not in value:
+                    raise ValueError("must contain {timestamp} so new key names are unique")
+                value.format(group="g", timestamp="t")  # {key_name} has no meaning here
+                changes[key] = value
+            elif key == "groups":
+                if not isinstance(value, list) or not all(isinstance(g, str) for g in value):
+                    raise ValueError("must be a list of group names")
+                changes[key] = frozenset(value)
+            elif key == "group_pattern":
+                if not isinstance(value, str):
+                    raise ValueError("must be a regular expression (a string)")
+                changes[key] = re.compile(value)
+        except (ValueError, KeyError, IndexError, re.error) as exc:
+            raise ConfigError(f"{where} {key}: {exc}") from None
+    return replace(ProvisionPolicy(), **changes)
+
+
+def check_compatible(
+    rules: Mapping[AssociationType, TypeRule], settings: ProvisionSettings
+) -> None:
+    """A provisioned key the type's key_name_pattern would not select is never served: each
+    run would find the group without a key and make another. Refused at start-up."""
+    moment = datetime(2026, 1, 1, tzinfo=UTC)
+    for atype, policy in settings.policies.items():
+        pattern = rules.get(atype, TypeRule()).key_name_pattern
+        if not policy.enabled or pattern is None:
+            continue
+        samples = sorted(policy.groups) or ["Group", "Connector-Group-0001", "NY Connectors"]
+        names = [
+            new_key_name(policy.name_template, group=g, key_name="", moment=moment) for g in samples
+        ]
+        if not any(pattern.fullmatch(n) for n in names):
+            raise ConfigError(
+                f"[association_type.{atype.value}.provision] name_template makes keys named "
+                f"like {names[0]!r}, which key_name_pattern {pattern.pattern!r} does not select",
+                hint="change name_template or key_name_pattern so provisioned keys match",
+            )
+
+
+@dataclass(frozen=True)
+class Target:
+    """One group to provision for, as the plan saw it."""
+
+    association_type: AssociationType
+    group_id: str
+    group_name: str
+    path: str
+    microtenant_id: str | None = None
+
+
+class Provisioner(Rotator):
+    """Runs one group's provisioning steps (a Rotator without an old key: the journal writes,
+    the claim of another process's open attempt, the find-before-create and the withdrawal of
+    a duplicate are the same code)."""
+
+    def __init__(self, *, certs: Callable[[AssociationType, str], str], **kw: Any) -> None:
+        super().__init__(**kw)
+        self._certs = certs
+        self.made: dict[str, ProvisioningKey] = {}  # keys written by this instance, by id
+
+    def provision(
+        self, target: Target, policy: ProvisionPolicy, *, reason: str, start: bool = True
+    ) -> RotationResult:
+        """Start (or resume) provisioning one group. `start` False: only resume a provisioning
+        already in flight (found in a journal, not in the plan)."""
+        atype, gid = target.association_type, target.group_id
+        where = (atype, gid)
+        try:
+            journal = read_journal(self.store, self.prefix, atype, gid)
+        except VaultZpaError as exc:
+            return self._result(target, "blocked", exc.message, None, error=str(exc))
+        if journal.in_flight and journal.kind != "provision":
+            return self._result(target, "wait", "a rotation of this group is in flight", None)
+        if journal.retry_at and _parse(journal.retry_at) > self.now():
+            return self._result(
+                target,
+                "wait",
+                f"backing off after a failure until {journal.retry_at}: {journal.last_error}",
+                journal.state.value if journal.in_flight else None,
+            )
+        if not journal.in_flight and not start:
+            return self._result(target, "none", "finished by another run meanwhile", None)
+        action = "resume" if journal.in_flight else "start"
+        path = journal.target_path if journal.in_flight and journal.target_path else target.path
+        try:
+            return self._steps_provision(replace(target, path=path), journal, policy, reason)
+        except Superseded as exc:
+            return self._result(target, "wait", exc.message, journal.state.value)
+        except VaultZpaError as exc:
+            latest = self._failed(path, where, RETRY, str(exc.message))
+            return self._result(
+                target,
+                action,
+                reason,
+                latest.state.value if latest.in_flight else None,
+                error=str(exc),
+            )
+
+    def _steps_provision(
+        self, target: Target, journal: Journal, policy: ProvisionPolicy, reason: str
+    ) -> RotationResult:
+        atype, gid, path = target.association_type, target.group_id, target.path
+        rule = self.rules.get(atype, TypeRule())
+        action = "resume" if journal.in_flight else "start"
+        if not journal.in_flight:
+            served = self._usable_served(target)
+            if served is not None:
+                return self._result(target, "none", served, None)
+            name = new_key_name(
+                policy.name_template,
+                group=target.group_name or gid,
+                key_name="",
+                moment=self.now(),
+                tag=self.tag(),
+            )
+            if rule.key_name_pattern is not None and not rule.key_name_pattern.fullmatch(name):
+                raise ConfigError(
+                    f"a provisioned key would be named {name!r}, which key_name_pattern "
+                    f"{rule.key_name_pattern.pattern!r} does not select; not provisioning"
+                )
+            cert_id = self._certs(atype, policy.cert_name(atype))
+            journal = self._journal(
+                path,
+                journal,
+                state=State.INTENT,
+                kind="provision",
+                reason=reason,
+                new_name=name,
+                new_id="",
+                old_id="",
+                started_at=_stamp(self.now()),
+                grace=0.0,
+                grace_until="",
+                needs_human=False,
+                attempt_open=True,
+                group_name=target.group_name,
+                target_path=path,
+                enrollment_cert_id=cert_id,
+                max_usage=policy.max_usage,
+            )
+            self._boundary("intent")
+        elif journal.state is State.INTENT:
+            journal = self._claim(path, journal)
+        if journal.state is State.INTENT:
+            key = self._find(atype, journal.new_name, gid, "")
+            made = key is None
+            if key is None:
+                key = self.zpa.create_provisioning_key(
+                    atype,
+                    name=journal.new_name,
+                    group_id=gid,
+                    enrollment_cert_id=journal.enrollment_cert_id,
+                    max_usage=journal.max_usage,
+                )
+                log.info("provisioning: created key %s for %s", key.id, path)
+            try:
+                journal = self._journal(
+                    path, journal, state=State.CREATED, new_id=key.id, attempt_open=False
+                )
+            except Superseded:
+                if made:
+                    self._withdraw(path, atype, key, journal)
+                raise
+            self._boundary("created")
+        if journal.state is not State.CREATED:
+            raise VaultZpaError(f"{path}: provisioning journal in unexpected state {journal.state}")
+        key = self._write_provisioned(target, rule, journal)
+        self.made[key.id] = key
+        self._boundary("written")
+        self._journal(
+            path,
+            journal,
+            state=State.IDLE,
+            last_rotated_at=_stamp(self.now()),
+            failures=0,
+            retry_at="",
+            last_error="",
+        )
+        return RotationResult(
+            path, target.group_name, Decision(action, f"{reason}; done"), None, key.id
+        )
+
+    def _usable_served(self, target: Target) -> str | None:
+        """Why the group needs no key after all (read after the journal: a run that finished
+        provisioning it wrote the secret first), or None."""
+        current = self.store.read(target.path)
+        if current is None or current.data is None:
+            return None
+        held = current.data.get("group_id")
+        if held and held != target.group_id:
+            raise VaultZpaError(
+                f"{target.path} holds the secret of group id {held}; not provisioning over it"
+            )
+        if not current.managed:
+            raise VaultZpaError(
+                f"{target.path} exists and is not managed by vault-zpa; not provisioning over it"
+            )
+        key_id = current.data.get("key_id", "")
+        if not key_id:
+            return None
+        try:
+            key = self.zpa.get_provisioning_key(target.association_type, key_id)
+        except ZpaApiError as exc:
+            if _not_found(exc):
+                return None
+            raise
+        if key.eligible:
+            return f"key {key_id} in Vault is usable (made meanwhile by another run)"
+        return None
+
+    def _write_provisioned(
+        self, target: Target, rule: TypeRule, journal: Journal
+    ) -> ProvisioningKey:
+        """Check-and-set the new key into the group's path (a create when nothing is there),
+        unless it is there already (an earlier attempt whose response was lost)."""
+        atype, path = target.association_type, target.path
+        key = self.zpa.get_provisioning_key(atype, journal.new_id)
+        if not key.group_name:
+            key = replace(key, group_name=journal.group_name or target.group_name)
+        for _ in range(2):
+            current = self.store.read(path)
+            if current is not None and current.data is not None:
+                if current.data.get("key_id") == journal.new_id:
+                    return key
+                held = current.data.get("group_id")
+                if held and held != target.group_id:
+                    raise VaultZpaError(
+                        f"{path} holds the secret of group id {held}; not writing over it"
+                    )
+            if current is not None and not current.managed and current.data is not None:
+                raise VaultZpaError(f"{path} exists and is not managed by vault-zpa")
+            if not key.eligible:
+                raise VaultZpaError(
+                    f"the new key {key.id} is disabled or used up in ZPA; not writing it"
+                )
+            meta = {
+                **(current.custom_metadata if current is not None else {}),
+                **volatile_metadata(key, rule),
+                "last_synced_at": _stamp(self.now()),
+            }
+            self._fence(meta)
+            try:
+                self.store.write(
+                    path,
+                    secret_data(key),
+                    cas=current.version if current is not None else 0,
+                    custom_metadata=meta,
+                )
+            except CasConflict:
+                continue  # someone wrote meanwhile (a sync writing this very key, say): look
+            log.info("provisioning: wrote key %s to %s", key.id, path)
+            return key
+        raise VaultZpaError(f"{path} kept changing while the provisioned key was written")
+
+    def _result(
+        self,
+        target: Target,
+        action: str,
+        reason: str,
+        state: str | None,
+        *,
+        error: str | None = None,
+    ) -> RotationResult:
+        return RotationResult(
+            target.path, target.group_name, Decision(action, reason), state, error=error
+        )
+
+
+def provisioning_due(journal: Journal | None, now: datetime) -> bool:
+    """An unfinished provisioning the sync should resume this run (not backing off)."""
+    if journal is None or not journal.in_flight or journal.kind != "provision":
+        return False
+    return not journal.retry_at or _parse(journal.retry_at) <= now
+
+
+class ProvisionStep:
+    """The provisioning part of one sync run: PROVISION items of the plan (at most
+    `max_per_run` new ones), then any provisioning left unfinished by an earlier run."""
+
+    def __init__(
+        self,
+        *,
+        zpa: Any,
+        store: Any,
+        prefix: str,
+        settings: ProvisionSettings,
+        rules: Mapping[AssociationType, TypeRule],
+        guard: Callable[[], int | None] | None = None,
+        kill_at: str | None = None,
+        hook: Callable[[str], None] | None = None,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        takeover: float | None = None,
+    ) -> None:
+        self.settings = settings
+        self.now = now
+        self._cert_ids: dict[tuple[AssociationType, str], str] = {}
+        self._zpa = zpa
+        extra: dict[str, Any] = {} if takeover is None else {"takeover": takeover}
+        self.provisioner = Provisioner(
+            certs=self._cert,
+            zpa=zpa,
+            store=store,
+            prefix=prefix,
+            now=now,
+            kill_at=kill_at,
+            writer=guard,
+            rules=rules,
+            hook=hook,
+            **extra,
+        )
+        self.started = 0
+        self.handled: set[tuple[AssociationType, str]] = set()
+
+    def _cert(self, atype: AssociationType, name: str) -> str:
+        """The enrollment certificate's id, looked up by name once per run."""
+        if (atype, name) not in self._cert_ids:
+            cert = self._zpa.find_enrollment_cert(name)
+            if cert is None or not str(cert.get("id") or ""):
+                raise ConfigError(
+                    f"no enrollment certificate named {name!r} in ZPA; not provisioning",
+                    hint="set [association_type.T.provision] enrollment_cert to one ZPA has",
+                )
+            self._cert_ids[(atype, name)] = str(cert["id"])
+        return self._cert_ids[(atype, name)]
+
+    def run(self, items: Sequence[PlanItem]) -> dict[int, ItemResult]:
+        """Results by id(item) for the PROVISION items among `items`."""
+        out: dict[int, ItemResult] = {}
+        for item in items:
+            if item.action is not Action.PROVISION:
+                continue
+            target = Target(
+                item.association_type, item.group_id or "", item.group_name or "", item.path
+            )
+            self.handled.add((item.association_type, target.group_id))
+            policy = self.settings.policy(item.association_type)
+            if self.started >= self.settings.max_per_run:
+                out[id(item)] = ItemResult(
+                    replace(
+                        item,
+                        reason=f"{item.reason}; deferred: {self.settings.max_per_run} "
+                        "provisionings already started this run",
+                    ),
+                    Outcome.DONE,
+                )
+                continue
+            result = self._guarded(target, policy, item.reason, start=True)
+            if result.decision.action == "start" and result.error is None:
+                self.started += 1
+            out[id(item)] = self._item_result(item, result)
+        return out
+
+    def resume(
+        self,
+        journals: Mapping[tuple[AssociationType, str], Journal],
+        *,
+        types: Sequence[AssociationType],
+        groups: frozenset[str] = frozenset(),
+    ) -> list[ItemResult]:
+        """Provisionings an earlier run left unfinished whose group this run did not plan."""
+        out = []
+        for (atype, gid), journal in sorted(journals.items()):
+            if (atype, gid) in self.handled or atype not in types:
+                continue
+            if not provisioning_due(journal, self.now()) or not journal.target_path:
+                continue
+            if groups and journal.group_name not in groups:
+                continue
+            target = Target(atype, gid, journal.group_name, journal.target_path)
+            item = PlanItem(
+                action=Action.PROVISION,
+                association_type=atype,
+                path=journal.target_path,
+                reason=f"resuming an unfinished provisioning ({journal.state.value})",
+                group_id=gid,
+                group_name=journal.group_name,
+            )
+            result = self._guarded(target, self.settings.policy(atype), item.reason, start=False)
+            out.append(self._item_result(item, result))
+        return out
+
+    def _guarded(
+        self, target: Target, policy: ProvisionPolicy, reason: str, *, start: bool
+    ) -> RotationResult:
+        try:
+            return self.provisioner.provision(target, policy, reason=reason, start=start)
+        except VaultZpaError as exc:
+            return RotationResult(
+                target.path, target.group_name, Decision("start", reason), None, error=str(exc)
+            )
+        except Exception as exc:  # noqa: BLE001 - one group's bug must not stop the others
+            log.error("provisioning %s failed: internal error %s", target.path, type(exc).__name__)
+            return RotationResult(
+                target.path,
+                target.group_name,
+                Decision("start", reason),
+                None,
+                error=f"internal error: {type(exc).__name__}",
+            )
+
+    def _item_result(self, item: PlanItem, result: RotationResult) -> ItemResult:
+        if result.error is not None:
+            return ItemResult(item, Outcome.FAILED, error=result.error)
+        if result.new_key_id is not None:
+            key = self.provisioner.made.get(result.new_key_id)
+            return ItemResult(
+                replace(item, key=key, reason=f"{item.reason}: created key {result.new_key_id}"),
+                Outcome.DONE,
+            )
+        if result.decision.action == "wait" and "backing off" in result.decision.reason:
+            return ItemResult(item, Outcome.FAILED, error=result.decision.reason)
+        return ItemResult(replace(item, reason=result.decision.reason), Outcome.DONE)
