@@ -295,6 +295,7 @@ def test_kv_v1_fetch_detects_the_version_and_orphans_do_not_suggest_prune(
     assert fetched.returncode == 0, fetched.stderr
     assert out.read_text().strip() == key["provisioningKey"]
     sim.keys[CG].pop(str(key["id"]))
+    sim.groups[CG].pop(str(group["id"]))  # the group is gone, not only its key
     orphaned = run_cli("sync", env=env)
     assert orphaned.returncode == 0, orphaned.stderr
     assert "orphan" in orphaned.stdout

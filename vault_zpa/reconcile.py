@@ -342,6 +342,8 @@ def _plan_group(
             why += "; the group is disabled in ZPA"
         if wants:
             return _provision_item(item, group, current, why, gone)
+        if keyless and not (group.listed is not None and not group.listed.enabled):
+            why += " (provisioning is off for it)"
         action = Action.NO_KEY if keyless else Action.SKIPPED
         if (
             current is not None
