@@ -56,6 +56,7 @@ import os
 import platform
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -101,9 +102,10 @@ class Params:
     boot: tuple[float, float] = (5.0, 30.0)  # a VM reads its key, then enrolls this much later
     retry_every: float = 30.0
     give_up: float = 300.0
-    console_every: float = 120.0  # mean time between console disables/deletes (fleet-wide)
+    console_every: float = 60.0  # mean time between console disables/deletes (fleet-wide)
     fetch_every: int = 40  # every Nth VM runs the real `vault-zpa fetch`
     workers: int = 24  # threads acting for the VMs
+    tuned: tuple[tuple[str, float], ...] = ()  # --tuned overrides, for exploring (not reported)
 
     @property
     def window(self) -> float:
@@ -273,7 +275,7 @@ def tuned_settings(p: Params, w: Workload) -> dict[str, Any]:
     rate = min(MAX_PER_MINUTE, max(1, w.peak_per_minute)) / 60
     ratio = 1 - rate * (2 * interval + p.boot[1] / 2) / p.max_usage
     ratio = round(max(0.3, min(0.9, ratio)), 2)
-    return {"interval": interval, "grace": grace, "ratio": ratio}
+    return {"interval": interval, "grace": grace, "ratio": ratio, **dict(p.tuned)}
 
 
 def strategies(p: Params, w: Workload) -> list[Strategy]:
@@ -350,8 +352,11 @@ class Vm:
     gave_up: bool = False
     key_value: str | None = None
     key_id: str | None = None
+    read_at: float = 0.0  # wall time of the last read
     failures: Counter[str] = field(default_factory=Counter)
     triggers: int = 0
+    # Every attempt: (read at, key value read, enrolled at, refusal or None), wall times.
+    log: list[tuple[float, str | None, float, str | None]] = field(default_factory=list)
 
     @property
     def done(self) -> bool:
@@ -522,6 +527,7 @@ class Fleet:
         return out.read_text().strip() or None
 
     def _read(self, vm: Vm) -> None:
+        vm.read_at = time.time()
         vm.key_value, vm.key_id = self.read_key(vm)
         wait = vm.arrival.boot if vm.attempts == 0 else 0.0
         self._at(time.time() + wait / self.clock.factor, lambda: self._enroll(vm))
@@ -535,8 +541,10 @@ class Fleet:
             )
             if answer.status_code == 200:
                 vm.enrolled_at = time.time()
+                vm.log.append((vm.read_at, vm.key_value, vm.enrolled_at, None))
                 return
             reason = str(answer.json().get("id", answer.status_code))
+        vm.log.append((vm.read_at, vm.key_value, time.time(), reason))
         vm.failures[reason] += 1
         if vm.attempts == 1:
             vm.first_failed = True
@@ -552,8 +560,6 @@ class Fleet:
         """The host's hook: if Vault still serves the key that failed, ask the daemon to rotate
         the group (a fresh read first, so hosts that failed with an old key do not rotate the
         new one). Needs the daemon's API (and its bearer token off loopback)."""
-        if vm.arrival.fetch:
-            return  # a fetch-only host has no key id to compare; it just retries
         value, _ = self.read_key(vm)
         if value is not None and value != vm.key_value:
             return
@@ -1042,8 +1048,26 @@ def analyse(
         if vm.enrolled_at is not None
     ]
     reasons: Counter[str] = Counter()
+    # Why a first attempt failed: the key Vault served was already unusable when the VM read
+    # it (Vault behind ZPA, or ZPA had none), or it was usable then and used up, disabled or
+    # deleted while the VM booted (more VMs read it than it had enrollments left).
+    first_why: Counter[str] = Counter()
+    by_heat: dict[str, Counter[str]] = {}
     for vm in vms:
         reasons.update(vm.failures)
+        heat = by_heat.setdefault(w.groups[vm.arrival.group].heat, Counter())
+        heat["vms"] += 1
+        heat["failed"] += vm.enrolled_at is None
+        heat["first_attempt_failures"] += vm.first_failed
+        if vm.first_failed and vm.log:
+            read_at, value, _, _ = vm.log[0]
+            key = key_of_value.get(value or "")
+            if value is None:
+                first_why["no key in Vault"] += 1
+            elif key is None or not _at(usable.get(key, []), read_at, False):
+                first_why["unusable when read"] += 1
+            else:
+                first_why["used up or removed during boot"] += 1
     window = (window_end - start) * factor
     return {
         "vms": n,
@@ -1054,6 +1078,8 @@ def analyse(
         "first_attempt_failures_pct": round(100 * first / n, 1) if n else 0.0,
         "attempts": sum(vm.attempts for vm in vms),
         "failure_reasons": dict(reasons),
+        "first_attempt_failure_causes": dict(first_why),
+        "by_heat": {h: dict(c) for h, c in sorted(by_heat.items())},
         "enroll_wait_p50_s": _round(percentile(waits, 0.5)),
         "enroll_wait_p99_s": _round(percentile(waits, 0.99)),
         "no_usable_key_longest_s": round(longest, 1),
@@ -1136,9 +1162,11 @@ def table(p: Params, w: Workload, rows: list[dict[str, Any]], wall: float) -> st
         "100 rotations per run. The README's example (0.8, 1h grace) and the default 5m "
         "interval are the `ratio` row.",
         "",
-        "| strategy | enroll wait p50 / p99 | failure answers (all attempts) | rotations "
-        "(daemon) | host triggers | vault-zpa fetch runs | harness step lag p99 / max (wall) |",
-        "|---|---|---|---|---|---|---|",
+        "| strategy | first-attempt failures: key unusable when read / used up or removed "
+        "during boot | failed / first-attempt failures (hot, warm, cool groups) | enroll wait "
+        "p50 / p99 | refusals (all attempts) | rotations (daemon) | host triggers | "
+        "vault-zpa fetch runs | harness step lag p99 / max (wall) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         rot = {
@@ -1147,8 +1175,17 @@ def table(p: Params, w: Workload, rows: list[dict[str, Any]], wall: float) -> st
             if k.startswith("vault_zpa_rotations_total") and v
         }
         h = r["harness"]
+        why = r["first_attempt_failure_causes"]
+        heat = ", ".join(
+            f"{r['by_heat'].get(c, {}).get('failed', 0)} / "
+            f"{r['by_heat'].get(c, {}).get('first_attempt_failures', 0)}"
+            for c in ("hot", "warm", "cool")
+        )
         lines.append(
-            f"| {r['strategy']} | {_seconds(r['enroll_wait_p50_s'])} / "
+            f"| {r['strategy']} | {why.get('unusable when read', 0)} / "
+            f"{why.get('used up or removed during boot', 0)}"
+            + (f" (+{why['no key in Vault']} no key)" if why.get("no key in Vault") else "")
+            + f" | {heat} | {_seconds(r['enroll_wait_p50_s'])} / "
             f"{_seconds(r['enroll_wait_p99_s'])} | "
             f"{', '.join(f'{k} {v}' for k, v in sorted(r['failure_reasons'].items())) or '-'} | "
             f"{', '.join(f'{k} {v}' for k, v in sorted(rot.items())) or '-'} | "
@@ -1169,6 +1206,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strategies", default="", help="comma-separated subset, in order")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--smoke", action="store_true", help="tiny and fast, for the test suite")
+    parser.add_argument(
+        "--tuned",
+        default="",
+        help="explore other tuned settings, e.g. interval=10,ratio=0.5,grace=20 (real seconds)",
+    )
+    parser.add_argument("--keep-logs", default="", help="copy the daemons' logs to this directory")
     args = parser.parse_args(argv)
     p = SMOKE if args.smoke else defaults
     changes = {
@@ -1181,6 +1224,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         if value is not None
     }
+    if args.tuned:
+        pairs = [item.split("=", 1) for item in args.tuned.split(",")]
+        if any(len(pair) != 2 or pair[0] not in ("interval", "ratio", "grace") for pair in pairs):
+            parser.error("--tuned takes interval=S,ratio=R,grace=S")
+        changes["tuned"] = tuple((k, float(v)) for k, v in pairs)
     p = replace(p, **changes)
     w = workload(p)
     chosen = strategies(p, w)
@@ -1199,6 +1247,10 @@ def main(argv: list[str] | None = None) -> int:
         for strategy in chosen:
             print(f"running {strategy.name} ...", file=sys.stderr, flush=True)
             row = run_strategy(strategy, p, w, bao, Path(scratch))
+            if args.keep_logs:
+                Path(args.keep_logs).mkdir(parents=True, exist_ok=True)
+                for log in Path(scratch).glob(f"daemon-{strategy.name}.log"):
+                    shutil.copy(log, Path(args.keep_logs) / log.name)
             print(
                 f"  {row['vms']} VMs, {row['failed']} failed, {row['first_attempt_failures']} "
                 f"first-attempt failures ({row['harness']['wall_s']:.0f}s)",
@@ -1211,16 +1263,13 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = "enrollment-smoke" if args.smoke else "enrollment"
-    command = (
-        "python -m benchmarks.enrollment"
-        + (" --smoke" if args.smoke else "")
-        + "".join(
-            f" --{k.replace('_', '-')} {v:g}"
-            if isinstance(v, float)
-            else f" --{k.replace('_', '-')} {v}"
-            for k, v in changes.items()
-        )
-    )
+    command = "python -m benchmarks.enrollment" + (" --smoke" if args.smoke else "")
+    for key, value in changes.items():
+        if key == "tuned":
+            value = ",".join(f"{k}={v:g}" for k, v in value)
+        command += f" --{key.replace('_', '-')} {value}"
+    if args.strategies:
+        command += f" --strategies {args.strategies}"
     (out / f"{name}.md").write_text(f"`{command}`\n\n{text}\n")
     (out / f"{name}.json").write_text(
         json.dumps(

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import secrets
 import stat
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,7 +20,8 @@ from subprocess import CompletedProcess
 import httpx
 import pytest
 
-from tests.conftest import Vault, clean_env, run_cli
+from tests.conftest import ROOT, Vault, clean_env, run_cli
+from tests.test_readme import blocks
 from vault_zpa import policy, wrapping
 from vault_zpa.errors import ConfigError
 from vault_zpa.masking import Secret
@@ -412,6 +415,26 @@ def test_a_wrapped_approle_secret_id(vault: Vault, home: Path, tmp_path: Path) -
     finally:
         vault.api("DELETE", f"sys/auth/{approle}")
         vault.api("DELETE", f"sys/policies/acl/{grant}")
+
+
+def test_the_readme_wrap_block_runs_as_written(vault: Vault, home: Path, tmp_path: Path) -> None:
+    """README's `wrap` block, in bash as a reader pastes it after the quick start (only /tmp
+    swapped): the host's fetch works once and the second is refused; the key is never shown."""
+    key = new_key()
+    put(vault, "Connector-Group-0001", key)
+    env = operator_env(vault, home)
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    script = "set -e\n" + blocks()["wrap"].replace("/tmp/", f"{tmp_path}/")
+    proc = subprocess.run(
+        ["bash", "-c", script], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "provision_key").read_text() == key + "\n"
+    assert "refused (exit 2)" in proc.stdout
+    assert "already unwrapped" in proc.stderr
+    token = json.loads((tmp_path / "wrapped.json").read_text())["token"]
+    assert key not in proc.stdout + proc.stderr
+    assert token not in proc.stdout + proc.stderr
 
 
 @pytest.mark.parametrize("ttl", ["nope", "25h", "1.5s"])

@@ -41,7 +41,8 @@ Exit codes (every command):
   2  bad usage or configuration; nothing was done: flags, environment, config file,
      credentials refused (Vault token, AppRole, ZPA sign-in), an untrusted certificate
      or https to a plain-http Vault, an unknown VAULT_NAMESPACE, a missing mount or the
-     wrong KV version, a policy lacking a capability, an unknown --owner
+     wrong KV version, a policy lacking a capability, an unknown --owner, a wrapped
+     token already unwrapped, expired or wrapping anything but the group's secret
 """
 
 
@@ -708,10 +709,9 @@ def fetch(
             kv_version=settings.vault.kv_version,
             namespace=settings.vault.namespace,
         )
-        with _recipient(settings) as (lookups, unwrapper):
+        with _recipient(settings) as conn:
             secret = wrapping.redeem_kv(
-                lookups,
-                unwrapper,
+                conn,
                 wrapped,
                 expected=expected,
                 what=f"a read of {association_type} group {group!r}",
@@ -793,31 +793,24 @@ def _unwrapped_login(settings: Settings, wrapped: Any, role: str) -> Any:
         raise ConfigError(
             f"cannot read the AppRole role_id file {role_id_file}; the wrapped token was not used"
         )
-    with _recipient(settings) as (lookups, unwrapper):
+    with _recipient(settings) as conn:
         secret_id = wrapping.redeem_secret_id(
-            lookups, unwrapper, wrapped, approle_mount=vault.approle_mount, role=role
+            conn, wrapped, approle_mount=vault.approle_mount, role=role
         )
     return AppRoleAuth(vault.approle_role_id, role_id_file, secret_id, None, vault.approle_mount)
 
 
 @contextmanager
-def _recipient(settings: Settings) -> Iterator[tuple[Any, Any]]:
-    """Two connections that hold no Vault token (the host has none): one for lookups, with
-    the usual retries (a host that just booted may not reach Vault at once), and one that
-    never retries, for the unwrap."""
-    from dataclasses import replace
-
+def _recipient(settings: Settings) -> Iterator[Any]:
+    """A connection that holds no Vault token (the host has none): lookups need none, and the
+    unwrap carries the wrapping token itself (wrapping.py)."""
     from vault_zpa import wrapping
 
-    lookups = build.vault_connection(settings.vault, auth=wrapping.NoToken())
-    unwrapper = build.vault_connection(
-        replace(settings.vault, retry_budget=0.0), auth=wrapping.NoToken()
-    )
+    conn = build.vault_connection(settings.vault, auth=wrapping.NoToken())
     try:
-        yield lookups, unwrapper
+        yield conn
     finally:
-        lookups.close()
-        unwrapper.close()
+        conn.close()
 
 
 @cli.command()

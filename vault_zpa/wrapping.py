@@ -16,8 +16,8 @@ point on a real OpenBao:
   that denies it, such as `auth/token/lookup-self`) is used up. The recipient therefore never
   gives it to a token manager (which looks its token up, and does so again after a 403): its
   connection holds no token at all (`NoToken`), and only the one unwrap carries the wrapping
-  token, on a connection that does not retry (a retried unwrap whose first answer was lost
-  would read as "already unwrapped").
+  token, and is not retried (a retried unwrap whose first answer was lost would read as
+  "already unwrapped").
 - A used, an expired and a never-issued token get the same answer (400 "wrapping token is not
   valid or does not exist"). When the handover says when the token expires (the JSON that
   `wrap --output json` prints, or the vault CLI's `wrap_info`), or a lookup just saw it alive,
@@ -335,8 +335,9 @@ def check(
 
 def unwrap(conn: VaultConnection, token: WrappedToken) -> dict[str, Any] | None:
     """POST sys/wrapping/unwrap with the wrapping token as X-Vault-Token, the one request that
-    carries it: the wrapped answer, once. None when Vault no longer knows the token. `conn`
-    must not retry (retry budget 0): a second try after a lost answer finds the token used."""
+    carries it: the wrapped answer, once. None when Vault no longer knows the token. Not
+    retried (the connection's retry budget is 0 for this call): a second try after a lost
+    answer would find the token used and read as an interception."""
 
     def redeem(c: hvac.Client) -> Any:
         try:
@@ -348,6 +349,7 @@ def unwrap(conn: VaultConnection, token: WrappedToken) -> dict[str, Any] | None:
                 return None
             raise
 
+    budget, conn.retry_budget = conn.retry_budget, 0.0
     try:
         body = conn.call(redeem, path="sys/wrapping/unwrap", capability="update", kind="sys")
     except VaultUnavailable as exc:
@@ -358,6 +360,8 @@ def unwrap(conn: VaultConnection, token: WrappedToken) -> dict[str, Any] | None:
             hint="run fetch again; if it then says the token was already unwrapped, ask for "
             "a new token",
         ) from None
+    finally:
+        conn.retry_budget = budget
     if body is None:
         return None
     if not isinstance(body, dict):
@@ -418,16 +422,15 @@ def expected_kv_paths(
 
 
 def redeem_kv(
-    lookups: VaultConnection,
-    unwrapper: VaultConnection,
+    conn: VaultConnection,
     token: WrappedToken,
     *,
     expected: Mapping[str, tuple[str, int]],
     what: str,
 ) -> StoredSecret:
     """Look up, check, unwrap: the group's secret as the wrapped KV read returned it."""
-    found = check(lookup(lookups, token), token, expected=list(expected), what=what)
-    body = unwrap(unwrapper, token)
+    found = check(lookup(conn, token), token, expected=list(expected), what=what)
+    body = unwrap(conn, token)
     if body is None:  # alive a moment ago: someone unwrapped it in between, or it just expired
         raise spent(token, found.expires_at)
     path, version = expected[found.creation_path]
@@ -435,8 +438,7 @@ def redeem_kv(
 
 
 def redeem_secret_id(
-    lookups: VaultConnection,
-    unwrapper: VaultConnection,
+    conn: VaultConnection,
     token: WrappedToken,
     *,
     approle_mount: str,
@@ -445,9 +447,9 @@ def redeem_secret_id(
     """Look up, check, unwrap: the AppRole secret-id the token wraps."""
     full = f"auth/{approle_mount}/role/{check_role(role)}/secret-id"
     found = check(
-        lookup(lookups, token), token, expected=[full], what=f"a secret-id of AppRole role {role!r}"
+        lookup(conn, token), token, expected=[full], what=f"a secret-id of AppRole role {role!r}"
     )
-    body = unwrap(unwrapper, token)
+    body = unwrap(conn, token)
     if body is None:
         raise spent(token, found.expires_at)
     secret_id = (body.get("data") or {}).get("secret_id")

@@ -71,6 +71,7 @@ class Faults:
     fail_page: int = 0  # listings answer `error_status` for this page number
     only_association_type: str = ""  # restrict the faults above to this type's key endpoints
     only_method: str = ""  # restrict the faults above to this HTTP method (e.g. POST)
+    only_endpoint: str = ""  # ... or to one endpoint: provisioningKey, appConnectorGroup, ...
     unauthorized_next: int = 0  # the next N API requests answer 401 (as if the token expired)
     # Aimed at provisioning keys (`only_association_type` narrows them to one type):
     drop_after_create_next: int = 0  # the next N creates happen, then the connection closes
@@ -942,7 +943,7 @@ def _route(
         raise _Reply(403, ONEAPI_ONLY.encode(), {"Content-Type": "text/html"})
     endpoint = _endpoint_name(rest)
     atype = rest[1] if rest[:1] == ["associationType"] and len(rest) > 1 else ""
-    malformed = _inject(sim, method, query, atype)
+    malformed = _inject(sim, method, query, atype, endpoint)
     retry = sim.take_rate(method)
     if retry is not None:
         raise _too_many(retry)
@@ -986,10 +987,14 @@ def _endpoint_name(rest: list[str]) -> str:
     return "other"
 
 
-def _inject(sim: ZpaSimulator, method: str, query: dict[str, str], atype: str) -> bool:
+def _inject(
+    sim: ZpaSimulator, method: str, query: dict[str, str], atype: str, endpoint: str = ""
+) -> bool:
     """Apply fault injection to one API request; returns True if the body must be malformed."""
     f = sim.faults
     with sim._lock:
+        if f.only_endpoint and endpoint != f.only_endpoint:
+            return False
         if f.only_association_type and atype != f.only_association_type:
             return False
         if f.only_method and method != f.only_method:
