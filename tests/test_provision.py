@@ -242,6 +242,7 @@ def test_two_replicas_and_a_cli_run_at_once_make_one_key_per_group(
     """Twelve new groups; two daemon replicas and a one-shot sync all start provisioning at
     once, again and again: every group ends with exactly one key, served."""
     groups = [sim.add_group(CG, f"Scale Group {n:02d}") for n in range(12)]
+    sim.add_group(SE, "Other Edges")  # not selected: reported by the metrics, left alone
     env = clean_env(sim.env(), vault.env, {"VAULT_ZPA_CONFIG": _config(tmp_path)})
     replicas = [
         start_daemon(env, "--interval", "1s", "--jitter", "0", schedule=False) for _ in range(2)
@@ -291,6 +292,7 @@ def test_two_replicas_and_a_cli_run_at_once_make_one_key_per_group(
         assert served["key_id"] == keys[0]["id"]  # type: ignore[index]
     leader = next(r for r in replicas if r.metric("vault_zpa_leader") == 1)
     assert leader.metric("vault_zpa_keys", association_type=CG, state="ok") == len(sim.groups[CG])
+    assert leader.metric("vault_zpa_keys", association_type=SE, state="no-key") == 1
 
 
 def test_a_failed_group_listing_prunes_nothing_and_says_so(sim: ZpaSimulator, vault: Vault) -> None:
@@ -341,16 +343,35 @@ def test_provision_settings_are_checked_with_one_line(
 
 
 def test_at_most_max_provisions_per_run(sim: ZpaSimulator, vault: Vault, tmp_path: Path) -> None:
+    """The cap per run, and a pattern-selected policy with the certificate named by hand."""
     for n in range(3):
         sim.add_group(CG, f"Capped {n}")
+    sim.add_group(CG, "Not Selected")
+    config = _config(
+        tmp_path,
+        "[association_type.CONNECTOR_GRP.provision]\nenabled = true\n"
+        "group_pattern = '^Capped'\nenrollment_cert = 'Connector'\n"
+        "name_template = 'vz-{group}-{timestamp}'\n",
+    )
     env = clean_env(
         sim.env(),
         vault.env,
-        {"VAULT_ZPA_CONFIG": _config(tmp_path), "VAULT_ZPA_MAX_PROVISIONS_PER_RUN": "2"},
+        {"VAULT_ZPA_CONFIG": config, "VAULT_ZPA_MAX_PROVISIONS_PER_RUN": "2"},
     )
     report = _sync(env)
     outcomes = sorted(str(i["reason"]).endswith("this run") for i in _items(report, "provision"))
     assert outcomes == [False, False, True]
     assert sum(1 for k in sim.keys[CG].values() if str(k["name"]).startswith("vz-Capped")) == 2
+    assert [i["group_name"] for i in _items(report, "no-key")] == ["Not Selected"]
     _sync(env)
     assert sum(1 for k in sim.keys[CG].values() if str(k["name"]).startswith("vz-Capped")) == 3
+    assert all(k["enrollmentCertId"] == sim.cert_id(CG) for k in sim.keys[CG].values())
+    wrong = _config(
+        tmp_path,
+        "[association_type.CONNECTOR_GRP.provision]\nenabled = true\n"
+        "enrollment_cert = 'No Such Cert'\n",
+    )
+    sim.add_group(CG, "Needs Cert")
+    failed = _sync({**env, "VAULT_ZPA_CONFIG": wrong}, code=1)
+    (item,) = [i for i in _items(failed, "provision") if i["group_name"] == "Needs Cert"]
+    assert "no enrollment certificate named 'No Such Cert'" in str(item["error"])
