@@ -34,10 +34,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 EXIT_CODES = """\b
 Exit codes (every command):
   0  all done; nothing needs attention
-  1  something failed or needs attention; the rest was done: an item or a ZPA listing
-     failed, a write conflicted, drift or a group with no eligible key (status), a
-     --group no listing has, a used-up key fetched, a rotation needing a person, or
-     Vault/ZPA unreachable, sealed or failing past the retry budget (try again later)
+  1  something failed or needs attention; the rest was done: an item, a ZPA listing or
+     a provisioning failed, a write conflicted, drift or a group with no (eligible) key
+     (status), a --group no listing has, a used-up key fetched, a rotation needing a
+     person, or Vault/ZPA unreachable, sealed or failing past the retry budget (try
+     again later)
   2  bad usage or configuration; nothing was done: flags, environment, config file,
      credentials refused (Vault token, AppRole, ZPA sign-in), an untrusted certificate
      or https to a plain-http Vault, an unknown VAULT_NAMESPACE, a missing mount or the
@@ -278,7 +279,8 @@ def status(
     """Compare what Vault holds with ZPA now: usage, drift, leases, orphans. Writes nothing.
 
     Exit 1 when anything needs attention: a group missing, drifted, orphaned, conflicting or
-    with no eligible key, a rotation needing a person, a failed listing, an unknown --group."""
+    with no eligible key or no key at all, a rotation needing a person, a failed listing, an
+    unknown --group."""
     from vault_zpa import status as status_view
     from vault_zpa.sync import inspect
 

@@ -118,7 +118,9 @@ def _int(value: str | None) -> int | None:
 
 # States that need a person (exit 1). `stale-metadata` (only usage or lease facts moved) and a
 # rotation that is merely due or waiting are what a scheduled sync handles by itself.
-ATTENTION = frozenset({"missing", "drift", "orphan", "conflict", "no-eligible-key"})
+ATTENTION = frozenset(
+    {"missing", "drift", "orphan", "conflict", "no-eligible-key", "no-key", "needs-key"}
+)
 
 
 def needs_attention(snapshot: Snapshot, rotation: RotationSettings | None = None) -> bool:
@@ -186,7 +188,8 @@ def to_text(
     ]
     for r in items:
         if r.state not in ("in-sync",):
-            lines.append(f"{r.state}: {mount}/{r.path}: {r.reason}")
+            where = f"{mount}/{r.path}" if r.path else f"group {r.group_name!r}"
+            lines.append(f"{r.state}: {where}: {r.reason}")
         if r.rotation != "none":
             lines.append(f"rotation {r.rotation}: {mount}/{r.path}: {r.rotation_reason}")
         if r.near_exhaustion:
