@@ -988,10 +988,15 @@ def _policies(
                 )
             )
     if all_groups:
-        # Placed from the key listing by the planner itself: exactly the paths sync writes.
+        # Placed from the key and group listings by the planner itself: exactly the paths sync
+        # writes (a group with no key yet included, at the path provisioning would give it).
         with build.zpa_client(settings.zpa()) as zpa:
             listings = [
-                Listing(atype, tuple(zpa.list_provisioning_keys(atype)))
+                Listing(
+                    atype,
+                    tuple(zpa.list_provisioning_keys(atype)),
+                    groups=tuple(zpa.list_groups(atype)),
+                )
                 for atype in settings.association_types
             ]
         out += policies.placed_connector_policies(
@@ -1013,7 +1018,7 @@ def policy_options(fn: F) -> F:
         help="The ZPA id of the one --group: needed when its name has no letter or digit a path "
         "can use.",
     )(fn)
-    fn = click.option("--all-groups", is_flag=True, help="Every group ZPA lists with a key.")(fn)
+    fn = click.option("--all-groups", is_flag=True, help="Every group ZPA lists.")(fn)
     fn = click.option("--group", "groups", multiple=True, help="A connector group (repeatable).")(
         fn
     )

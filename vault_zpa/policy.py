@@ -227,9 +227,10 @@ def placed_connector_policies(
     prefix: str = "zpa",
     kv_version: int = 2,
 ) -> list[Policy]:
-    """One connector policy per group with a key, at exactly the path sync places it (the same
-    `reconcile.desired`, collisions resolved the same way). A group sync refuses to write (a
-    true collision, no safe path) gets no policy: its path may hold another group's secret."""
+    """One connector policy per group (keyless ones included), at exactly the path sync places
+    it (the same `reconcile.desired`, collisions resolved the same way). A group sync refuses
+    to write (a true collision, no safe path) gets no policy: its path may hold another
+    group's secret."""
     placed = desired(listings, prefix=prefix, rules=rules, scope=Scope())
     out = []
     for group in placed.groups:
