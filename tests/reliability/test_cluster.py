@@ -615,6 +615,7 @@ def test_three_replicas_soak_with_replica_and_node_faults(
             120,
             "convergence after the soak",
         )
+        cycles = total()  # before SIGTERM: total() counts only replicas still running
         for r in replicas:
             r.proc.send_signal(signal.SIGTERM)
         for r in replicas:
@@ -627,7 +628,6 @@ def test_three_replicas_soak_with_replica_and_node_faults(
         double = lease_violations(logs)
         leaked = leaks([log.read_text() for log in logs], sim, cluster)
         rotated = len([k for k in sim.keys[CG] if k not in originals])
-        cycles = total()
     survived = not wrong_seen and not wrong and not extra and not double and not leaked
     if not survived:  # keep the evidence: pytest's temporary directories do not last
         keep = Path(os.environ.get("VAULT_ZPA_TRIAL_LOGS", "/tmp/vault-zpa-cluster-soak"))
