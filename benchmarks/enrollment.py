@@ -93,7 +93,7 @@ class Params:
     """The run's parameters; every duration in real-world seconds (divided by time_factor)."""
 
     groups: int = 30
-    minutes: float = 12.0  # VMs arrive during this long
+    minutes: float = 10.0  # VMs arrive during this long
     time_factor: float = 10.0
     seed: int = 19
     max_usage: int = 10
@@ -253,9 +253,10 @@ class Strategy:
     interval: float = 300.0  # real seconds
     jitter: float = 15.0
     rotation: dict[str, Any] | None = None  # [association_type.T.rotation], durations in real s
+    provision: dict[str, Any] | None = None  # [association_type.T.provision]
     max_rotations: int = 10
-    host_trigger: bool = False
-    note: str = ""
+    host_trigger: str = ""  # "" | "sync" | "sync-rotate" (Fleet._trigger)
+    default: bool = True  # in the documented run (else only with --strategies)
 
 
 def tuned_settings(p: Params, w: Workload) -> dict[str, Any]:
@@ -263,17 +264,17 @@ def tuned_settings(p: Params, w: Workload) -> dict[str, Any]:
 
     - interval: 10 s, the shortest schedule that keeps ZPA's GET budget mostly free (one listing
       GET per type per run: 12 of the 120 GETs a minute allows).
-    - grace: the longest boot, so a VM that read the old key just before the switch can still
-      enroll with it; the old key is removed right after (one rotation per group may be in
-      flight, so the grace also bounds how often a group can rotate).
+    - grace: the mean boot, so most VMs that read the old key just before the switch still
+      enroll with it. Not longer: one rotation per group may be in flight, and a rotation is in
+      flight until its grace is over, so the grace bounds how often a hot group can rotate.
     - at_usage_ratio: leave enough enrollments on the key for the busiest group's peak rate
-      during one interval plus one rotation (taken as another interval) plus a boot:
-      ratio = 1 - peak_rate x (2 x interval + boot) / max_usage, floored at 0.3.
+      during one interval plus one rotation (taken as another interval) plus the grace:
+      ratio = 1 - peak_rate x (2 x interval + grace) / max_usage, floored at 0.3.
     """
     interval = 10.0
-    grace = p.boot[1]
+    grace = (p.boot[0] + p.boot[1]) / 2
     rate = min(MAX_PER_MINUTE, max(1, w.peak_per_minute)) / 60
-    ratio = 1 - rate * (2 * interval + p.boot[1] / 2) / p.max_usage
+    ratio = 1 - rate * (2 * interval + grace) / p.max_usage
     ratio = round(max(0.3, min(0.9, ratio)), 2)
     return {"interval": interval, "grace": grace, "ratio": ratio, **dict(p.tuned)}
 
@@ -286,6 +287,7 @@ def strategies(p: Params, w: Workload) -> list[Strategy]:
         "grace": t["grace"],
         "backoff": 30.0,
     }
+    provision = {"enabled": True, "max_usage": p.max_usage}
     return [
         Strategy(
             "terraform",
@@ -307,13 +309,32 @@ def strategies(p: Params, w: Workload) -> list[Strategy]:
             max_rotations=100,
         ),
         Strategy(
+            "provision",
+            f"vault-zpa + provisioning ({t['interval']:g}s)",
+            interval=t["interval"],
+            jitter=0.0,
+            provision=provision,
+            max_rotations=100,
+        ),
+        Strategy(
+            "best",
+            "vault-zpa tuned + provisioning + host trigger (POST /v1/sync)",
+            interval=t["interval"],
+            jitter=0.0,
+            rotation=tuned_rotation,
+            provision=provision,
+            max_rotations=100,
+            host_trigger="sync",
+        ),
+        Strategy(
             "tuned-trigger",
-            "vault-zpa tuned + host trigger (POST /v1/rotate on a failed enrollment)",
+            "vault-zpa tuned + host trigger (POST /v1/sync, then /v1/rotate)",
             interval=t["interval"],
             jitter=0.0,
             rotation=tuned_rotation,
             max_rotations=100,
-            host_trigger=True,
+            host_trigger="sync-rotate",
+            default=False,
         ),
     ]
 
@@ -323,20 +344,23 @@ def _duration(seconds: float) -> str:
     return f"{max(1, round(seconds * 1000))}ms"
 
 
-def rotation_toml(rotation: dict[str, Any] | None, factor: float) -> str:
-    if rotation is None:
-        return ""
+def config_toml(strategy: Strategy, factor: float) -> str:
+    """The daemon's config file: the strategy's rotation and provision tables for both types,
+    durations compressed."""
     lines = []
-    for atype in (CG, SEG):
-        lines.append(f"[association_type.{atype}.rotation]")
-        for key, value in rotation.items():
-            if key in ("grace", "after", "backoff"):
-                lines.append(f'{key} = "{_duration(float(value) / factor)}"')
-            elif isinstance(value, bool):
-                lines.append(f"{key} = {'true' if value else 'false'}")
-            else:
-                lines.append(f"{key} = {value}")
-        lines.append("")
+    for section, table in (("rotation", strategy.rotation), ("provision", strategy.provision)):
+        if table is None:
+            continue
+        for atype in (CG, SEG):
+            lines.append(f"[association_type.{atype}.{section}]")
+            for key, value in table.items():
+                if key in ("grace", "after", "backoff"):
+                    lines.append(f'{key} = "{_duration(float(value) / factor)}"')
+                elif isinstance(value, bool):
+                    lines.append(f"{key} = {'true' if value else 'false'}")
+                else:
+                    lines.append(f"{key} = {value}")
+            lines.append("")
     return "\n".join(lines)
 
 
@@ -390,7 +414,7 @@ class Fleet:
         mount: str,
         sim_url: str,
         daemon_url: str | None,
-        host_trigger: bool,
+        host_trigger: str,
         scratch: Path,
         on_console: Callable[[ConsoleAction], None],
     ) -> None:
@@ -549,30 +573,41 @@ class Fleet:
         if vm.attempts == 1:
             vm.first_failed = True
         if self.host_trigger and self.daemon_url is not None:
-            self._trigger(vm)
+            self._trigger(vm, reason)
+            vm.triggers += 1
         again = time.time() + self.p.retry_every / self.clock.factor
         if self.clock.real(again) - vm.arrival.at > self.p.give_up:
             vm.gave_up = True
             return
         self._at(again, lambda: self._read(vm))
 
-    def _trigger(self, vm: Vm) -> None:
-        """The host's hook: if Vault still serves the key that failed, ask the daemon to rotate
-        the group (a fresh read first, so hosts that failed with an old key do not rotate the
-        new one). Needs the daemon's API (and its bearer token off loopback)."""
+    def _trigger(self, vm: Vm, reason: str) -> None:
+        """The host's hook (the README's host trigger). Only if Vault still serves the key that
+        failed (a fresh read: a host that failed with an old key just retries with the new one):
+        - "sync": ask for a sync (`POST /v1/sync`). Runs coalesce (at most one waits). A group
+          whose key is used up, disabled or deleted then gets a key in that run from
+          provisioning, or from usage-ratio rotation when the key is used up.
+        - "sync-rotate", without provisioning: the same for a used-up key; for a deleted or
+          disabled key, or the same key failing this host a second time, ask for a rotation of
+          the group (`POST /v1/rotate`): such a key is not due for usage-ratio rotation, and a
+          requested rotation also overrides a failure backoff. Each request the daemon acts on
+          costs a sync run of its own, and a request is not conditional: a late one rotates
+          the fresh key (see the README's notes)."""
         value, _ = self.read_key(vm)
         if value is not None and value != vm.key_value:
             return
         group = self.w.groups[vm.arrival.group]
+        again = sum(1 for _, v, _, why in vm.log if why is not None and v == vm.key_value) > 1
+        if self.host_trigger == "sync" or (reason == "key.exhausted" and not again):
+            url, body, kind = f"{self.daemon_url}/v1/sync", None, "sync"
+        else:
+            url, kind = f"{self.daemon_url}/v1/rotate", "rotate"
+            body = {"association_type": group.association_type, "groups": [group.name]}
         try:
-            answer = self._http().post(
-                f"{self.daemon_url}/v1/rotate",
-                json={"association_type": group.association_type, "groups": [group.name]},
-            )
-            self.trigger_answers[str(answer.status_code)] += 1
-            vm.triggers += 1
+            answer = self._http().post(url, json=body)
+            self.trigger_answers[f"{kind} {answer.status_code}"] += 1
         except httpx.HTTPError as exc:
-            self.trigger_answers[type(exc).__name__] += 1
+            self.trigger_answers[f"{kind} {type(exc).__name__}"] += 1
 
 
 # ---- one strategy's run -------------------------------------------------------------------------
@@ -665,7 +700,7 @@ class DaemonProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = scratch / f"{strategy.name}.toml"
-        config.write_text(rotation_toml(strategy.rotation, f))
+        config.write_text(config_toml(strategy, f))
         self.interval = max(1.0, strategy.interval / f)  # vault-zpa's shortest interval is 1 s
         env = {
             k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "ZPA_", "ZSCALER_"))
@@ -681,6 +716,7 @@ class DaemonProcess:
             VAULT_ZPA_HA="false",
             VAULT_ZPA_MAX_VERSIONS="100",  # the whole run's history stays readable
             VAULT_ZPA_MAX_ROTATIONS_PER_RUN=str(strategy.max_rotations),
+            VAULT_ZPA_MAX_PROVISIONS_PER_RUN=str(strategy.max_rotations),
             VAULT_ZPA_LOG_LEVEL="warning",
         )
         self.log = scratch / f"daemon-{strategy.name}.log"
@@ -806,7 +842,7 @@ def vault_history(
             if info.get("destroyed") or info.get("deletion_time"):
                 continue
             data = vault.secrets.kv.v2.read_secret_version(
-                path=g.path, mount_point=mount, version=int(number)
+                path=g.path, mount_point=mount, version=int(number), raise_on_deleted_version=True
             )["data"]["data"]
             timeline.append((vault_time(info["created_time"]), str(data["provisioning_key"])))
         out[g.index] = timeline
@@ -901,7 +937,10 @@ def run_strategy(
             "interval_real_s": strategy.interval if strategy.daemon else None,
             "interval_wall_s": max(1.0, strategy.interval / f) if strategy.daemon else None,
             "rotation": strategy.rotation,
-            "max_rotations_per_run": strategy.max_rotations if strategy.rotation else None,
+            "provision": strategy.provision,
+            "max_per_run": strategy.max_rotations
+            if strategy.rotation or strategy.provision
+            else None,
             "host_trigger": strategy.host_trigger,
         },
         **figures,
@@ -1238,6 +1277,8 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             parser.error(f"unknown strategies {sorted(unknown)}")
         chosen = [s for s in chosen if s.name in wanted]
+    else:
+        chosen = [s for s in chosen if s.default]
     started = time.monotonic()
     rows = []
     with (

@@ -12,7 +12,7 @@ from benchmarks.enrollment import SMOKE, Arrival, Group, Vm, Workload, analyse, 
 from tests.conftest import ROOT, clean_env
 from vault_zpa.testing.zpa_simulator import KeyEvent
 
-STRATEGIES = ("terraform", "sync", "ratio", "tuned", "tuned-trigger")
+STRATEGIES = ("terraform", "sync", "ratio", "tuned", "provision", "best")
 
 
 def test_enrollment_smoke(tmp_path: Path) -> None:
@@ -50,7 +50,8 @@ def test_enrollment_smoke(tmp_path: Path) -> None:
     assert terraform["zpa_requests"]["GET"] >= len(data["workload"]["groups"])
     assert rows["sync"]["keys_created"] == 0
     assert rows["sync"]["zpa_requests"]["GET"] > 0
-    assert rows["tuned-trigger"]["settings"]["host_trigger"] is True
+    assert rows["best"]["settings"]["host_trigger"] == "sync"
+    assert rows["provision"]["settings"]["provision"] is not None
     text = (tmp_path / "enrollment-smoke.md").read_text()
     assert text.startswith("`python -m benchmarks.enrollment --smoke`")
     for r in rows.values():

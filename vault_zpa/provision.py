@@ -269,26 +269,14 @@ class Provisioner(Rotator):
         elif journal.state is State.INTENT:
             journal = self._claim(path, journal)
         if journal.state is State.INTENT:
-            key = self._find(atype, journal.new_name, gid, "")
-            made = key is None
-            if key is None:
-                key = self.zpa.create_provisioning_key(
-                    atype,
-                    name=journal.new_name,
-                    group_id=gid,
-                    enrollment_cert_id=journal.enrollment_cert_id,
-                    max_usage=journal.max_usage,
-                )
-                log.info("provisioning: created key %s for %s", key.id, path)
-            try:
-                journal = self._journal(
-                    path, journal, state=State.CREATED, new_id=key.id, attempt_open=False
-                )
-            except Superseded:
-                if made:
-                    self._withdraw(path, atype, key, journal)
-                raise
-            self._boundary("created")
+            journal = self._create(
+                path,
+                atype,
+                journal,
+                group_id=gid,
+                enrollment_cert_id=journal.enrollment_cert_id,
+                max_usage=journal.max_usage,
+            )
         if journal.state is not State.CREATED:
             raise VaultZpaError(f"{path}: provisioning journal in unexpected state {journal.state}")
         key = self._write_provisioned(target, rule, journal)

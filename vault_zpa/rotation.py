@@ -763,26 +763,14 @@ class Rotator:
         elif journal.state is State.INTENT:
             journal = self._claim(path, journal)
         if journal.state is State.INTENT:
-            key = self._find(atype, journal.new_name, data["group_id"], journal.old_id)
-            made = key is None
-            if key is None:
-                key = self.zpa.create_provisioning_key(
-                    atype,
-                    name=journal.new_name,
-                    group_id=data["group_id"],
-                    enrollment_cert_id=data["enrollment_cert_id"],
-                    max_usage=int(data["max_usage"]),
-                )
-                log.info("rotation: created key %s for %s", key.id, path)
-            try:
-                journal = self._journal(
-                    path, journal, state=State.CREATED, new_id=key.id, attempt_open=False
-                )
-            except Superseded:
-                if made:
-                    self._withdraw(path, atype, key, journal)
-                raise
-            self._boundary("created")
+            journal = self._create(
+                path,
+                atype,
+                journal,
+                group_id=data["group_id"],
+                enrollment_cert_id=data["enrollment_cert_id"],
+                max_usage=int(data["max_usage"]),
+            )
         if journal.state is State.CREATED:
             self._write_new_key(path, atype, rule, journal)
             grace_until = _stamp(self.now() + timedelta(seconds=journal.grace))
@@ -846,6 +834,41 @@ class Rotator:
                 path, group, Decision(action, f"{reason}; done"), None, journal.new_id
             )
         raise VaultZpaError(f"{path}: rotation journal in unexpected state {journal.state}")
+
+    def _create(
+        self,
+        path: str,
+        atype: AssociationType,
+        journal: Journal,
+        *,
+        group_id: str,
+        enrollment_cert_id: str,
+        max_usage: int,
+    ) -> Journal:
+        """INTENT -> CREATED: find the key by the journaled name (an earlier attempt whose
+        create response was lost), else create it; journal its id. A key this run created but
+        could not journal (another run won the journal) is withdrawn."""
+        key = self._find(atype, journal.new_name, group_id, journal.old_id)
+        made = key is None
+        if key is None:
+            key = self.zpa.create_provisioning_key(
+                atype,
+                name=journal.new_name,
+                group_id=group_id,
+                enrollment_cert_id=enrollment_cert_id,
+                max_usage=max_usage,
+            )
+            log.info("%s: created key %s for %s", journal.kind, key.id, path)
+        try:
+            journal = self._journal(
+                path, journal, state=State.CREATED, new_id=key.id, attempt_open=False
+            )
+        except Superseded:
+            if made:
+                self._withdraw(path, atype, key, journal)
+            raise
+        self._boundary("created")
+        return journal
 
     def _write_new_key(
         self, path: str, atype: AssociationType, rule: TypeRule, journal: Journal
