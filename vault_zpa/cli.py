@@ -680,20 +680,7 @@ def fetch(
         config_path, log_level, log_format, flags={"vault.mount": mount, "vault.prefix": prefix}
     )
     uid, gid = fetching.parse_owner(owner) if owner else (None, None)
-    rule = settings.rules[atype]
-    if "{group_id}" in rule.path_template:
-        raise click.UsageError(
-            "the path template uses {group_id}; fetch needs a template "
-            "that names the group by {group}"
-        )
-    paths = fetching.candidate_paths(
-        template=rule.path_template,
-        prefix=settings.vault.prefix,
-        association_type=atype,
-        group_name=group,
-        group_id=group_id,
-        microtenant_id=settings.values.get("zpa.microtenant_id"),
-    )
+    paths = _group_paths(settings, atype, group, group_id, "fetch")
     target = out or fetching.DEFAULT_PATHS[atype]
     wrapped = _wrapped_token(wrapped_token_file)
     if approle_role is not None and wrapped is None:
@@ -878,20 +865,9 @@ def wrap(
     settings = settings_from(
         config_path, log_level, log_format, flags={"vault.mount": mount, "vault.prefix": prefix}
     )
-    rule = settings.rules[atype]
-    if approle_role is None and "{group_id}" in rule.path_template:
-        raise click.UsageError(
-            "the path template uses {group_id}; wrap needs a template "
-            "that names the group by {group}"
-        )
-    paths = fetching.candidate_paths(
-        template=rule.path_template,
-        prefix=settings.vault.prefix,
-        association_type=atype,
-        group_name=group,
-        group_id=group_id,
-        microtenant_id=settings.values.get("zpa.microtenant_id"),
-    )
+    paths = []
+    if approle_role is None:
+        paths = _group_paths(settings, atype, group, group_id, "wrap")
     secret = None
     where = None
     conn = build.vault_connection(settings.vault)
@@ -941,6 +917,28 @@ def wrap(
             click.echo(f"{name:<30} {value}")
     if secret is not None and where is not None:
         _warn_used_up(secret, where)
+
+
+def _group_paths(
+    settings: Settings, atype: AssociationType, group: str, group_id: str | None, command: str
+) -> list[str]:
+    """Where the group's secret may be, found by name as `fetch` and `wrap` are given it."""
+    from vault_zpa import fetch as fetching
+
+    rule = settings.rules[atype]
+    if "{group_id}" in rule.path_template:
+        raise click.UsageError(
+            f"the path template uses {{group_id}}; {command} needs a template "
+            "that names the group by {group}"
+        )
+    return fetching.candidate_paths(
+        template=rule.path_template,
+        prefix=settings.vault.prefix,
+        association_type=atype,
+        group_name=group,
+        group_id=group_id,
+        microtenant_id=settings.values.get("zpa.microtenant_id"),
+    )
 
 
 @cli.group()
