@@ -134,7 +134,7 @@ def provision_step(settings: Settings, zpa: ZpaClient, store: HvacKvStore) -> Pr
     """The sync's provisioning step when any [association_type.T.provision] is enabled."""
     if not settings.provision.any_enabled:
         return None
-    return ProvisionStep(
+    step = ProvisionStep(
         zpa=zpa,
         store=store,
         prefix=settings.vault.prefix,
@@ -143,3 +143,5 @@ def provision_step(settings: Settings, zpa: ZpaClient, store: HvacKvStore) -> Pr
         kill_at=settings.values.get("sync.fault_kill_at") or None,
         takeover=settings.rotation.takeover,
     )
+    step.check(settings.association_types, store.kv_version)
+    return step

@@ -208,6 +208,7 @@ class PlanItem:
     data: Mapping[str, str] | None = None
     custom_metadata: Mapping[str, str] | None = None
     expected_version: int = 0
+    replaces: str | None = None  # PROVISION: the gone group whose secret the path still holds
 
     def __repr__(self) -> str:
         return (

@@ -23,6 +23,9 @@ It runs the rotation journal's protocol without an old key (rotation.py has the 
   lost create response is found, not repeated (I2); a key made for an INTENT another run won is
   withdrawn (it carries the journaled name, which the sync never serves: Journal.shuns).
 - Nothing is ever deleted or disabled but such a withdrawn duplicate (I1).
+- A journaled key deleted, disabled or used up before it reached Vault ends that attempt (the
+  key recorded as abandoned); after the backoff the next run provisions anew. (Retrying its
+  write would keep the journal in flight, and the group without a key, for good.)
 - Before it starts, a run reads the journal, then the group's path: a key another run
   provisioned meanwhile is already there (its secret is written before its journal goes back
   to IDLE), and the INTENT write is check-and-set against the journal read, so of two runs that
@@ -35,13 +38,23 @@ import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from vault_zpa.errors import CasConflict, ConfigError, VaultZpaError, ZpaApiError
-from vault_zpa.model import Action, AssociationType, ItemResult, Outcome, PlanItem, ProvisioningKey
+from vault_zpa.model import (
+    Action,
+    AssociationType,
+    ItemResult,
+    Listing,
+    Outcome,
+    PlanItem,
+    ProvisioningKey,
+    StoredSecret,
+)
 from vault_zpa.reconcile import TypeRule, secret_data, volatile_metadata
 from vault_zpa.rotation import (
+    RETIRED_KEPT,
     Decision,
     Journal,
     RotationPolicy,
@@ -52,6 +65,7 @@ from vault_zpa.rotation import (
     _not_found,
     _parse,
     _stamp,
+    check_name_template,
     new_key_name,
     read_journal,
 )
@@ -124,11 +138,8 @@ def parse_policy(table: Mapping[str, Any], where: str) -> ProvisionPolicy:
                 if not isinstance(value, str) or not value.strip() or len(value) > 255:
                     raise ValueError("must be an enrollment certificate's name")
                 changes[key] = value
-            elif key == "name_template":
-                if not isinstance(value, str) or "{timestamp}" not in value:
-                    raise ValueError("must contain {timestamp} so new key names are unique")
-                value.format(group="g", timestamp="t")  # {key_name} has no meaning here
-                changes[key] = value
+            elif key == "name_template":  # {key_name} has no meaning here: no old key
+                changes[key] = check_name_template(value, ("group", "timestamp"))
             elif key == "groups":
                 if not isinstance(value, list) or not all(isinstance(g, str) for g in value):
                     raise ValueError("must be a list of group names")
@@ -156,10 +167,16 @@ def check_compatible(
         names = [
             new_key_name(policy.name_template, group=g, key_name="", moment=moment) for g in samples
         ]
-        if not any(pattern.fullmatch(n) for n in names):
+        # Named groups: every one must match. The whole type: every usual name must (a group
+        # may be called anything). Chosen by a group_pattern: some must (the runtime check of
+        # each real name refuses the rest, as a failed item).
+        lenient = not policy.groups and policy.group_pattern is not None
+        matching = [bool(pattern.fullmatch(n)) for n in names]
+        if not (any(matching) if lenient else all(matching)):
+            bad = next(n for n, ok in zip(names, matching, strict=True) if not ok)
             raise ConfigError(
                 f"[association_type.{atype.value}.provision] name_template makes keys named "
-                f"like {names[0]!r}, which key_name_pattern {pattern.pattern!r} does not select",
+                f"like {bad!r}, which key_name_pattern {pattern.pattern!r} does not select",
                 hint="change name_template or key_name_pattern so provisioned keys match",
             )
 
@@ -173,6 +190,7 @@ class Target:
     group_name: str
     path: str
     microtenant_id: str | None = None
+    replaces: str | None = None  # a gone group whose secret the path holds (the plan judged)
 
 
 class Provisioner(Rotator):
@@ -192,6 +210,10 @@ class Provisioner(Rotator):
         already in flight (found in a journal, not in the plan)."""
         atype, gid = target.association_type, target.group_id
         where = (atype, gid)
+        if self.store.kv_version != 2:
+            raise ConfigError(
+                "provisioning needs a KV v2 mount: its journal is written with check-and-set"
+            )
         try:
             journal = read_journal(self.store, self.prefix, atype, gid)
         except VaultZpaError as exc:
@@ -214,7 +236,7 @@ class Provisioner(Rotator):
         except Superseded as exc:
             return self._result(target, "wait", exc.message, journal.state.value)
         except VaultZpaError as exc:
-            latest = self._failed(path, where, RETRY, str(exc.message))
+            latest = self._failed(path, where, RETRY, str(exc.message), what="provisioning")
             return self._result(
                 target,
                 action,
@@ -279,6 +301,9 @@ class Provisioner(Rotator):
             )
         if journal.state is not State.CREATED:
             raise VaultZpaError(f"{path}: provisioning journal in unexpected state {journal.state}")
+        why = self._unusable(atype, journal.new_id, "new")
+        if why is not None:
+            return self._give_up(target, journal, why, action, reason)
         key = self._write_provisioned(target, rule, journal)
         self.made[key.id] = key
         self._boundary("written")
@@ -295,23 +320,60 @@ class Provisioner(Rotator):
             path, target.group_name, Decision(action, f"{reason}; done"), None, key.id
         )
 
+    def _give_up(
+        self, target: Target, journal: Journal, why: str, action: str, reason: str
+    ) -> RotationResult:
+        """The journaled key was deleted, disabled or used up before it reached Vault: writing
+        it would serve nothing usable, and retrying would leave the group without a key for
+        good (the journal stays in flight, so no new provisioning can start). This attempt
+        ends instead: the key is recorded as abandoned (as a given-up rotation's new key), and
+        after the usual backoff the next run provisions a new one."""
+        failures = journal.failures + 1
+        delay = min(RETRY.backoff * 2 ** min(failures - 1, 20), 86400.0)
+        retry_at = _stamp(self.now() + timedelta(seconds=delay))
+        self._journal(
+            target.path,
+            journal,
+            state=State.IDLE,
+            abandoned=(journal.new_id, *journal.abandoned)[:RETIRED_KEPT],
+            attempt_open=False,
+            failures=failures,
+            retry_at=retry_at,
+            last_error=f"provisioning given up: {why}",
+        )
+        log.warning("provisioning of %s given up: %s", target.path, why)
+        return self._result(
+            target,
+            action,
+            reason,
+            None,
+            error=f"provisioning given up: {why}; a new key is provisioned from {retry_at}",
+        )
+
+    def abandon(self, target: Target, journal: Journal, why: str) -> None:
+        """End an unfinished provisioning whose group is gone (the key, if it was made, went
+        with the group): the journal returns to IDLE, the key id (if any) kept as abandoned."""
+        abandoned = (journal.new_id, *journal.abandoned) if journal.new_id else journal.abandoned
+        self._journal(
+            target.path,
+            journal,
+            state=State.IDLE,
+            abandoned=abandoned[:RETIRED_KEPT],
+            attempt_open=False,
+            retry_at="",
+            last_error=f"provisioning ended: {why}",
+        )
+        log.warning("provisioning of %s ended: %s", target.path, why)
+
     def _usable_served(self, target: Target) -> str | None:
         """Why the group needs no key after all (read after the journal: a run that finished
         provisioning it wrote the secret first), or None."""
         current = self.store.read(target.path)
+        self._check_ours(target, current)
         if current is None or current.data is None:
             return None
-        held = current.data.get("group_id")
-        if held and held != target.group_id:
-            raise VaultZpaError(
-                f"{target.path} holds the secret of group id {held}; not provisioning over it"
-            )
-        if not current.managed:
-            raise VaultZpaError(
-                f"{target.path} exists and is not managed by vault-zpa; not provisioning over it"
-            )
         key_id = current.data.get("key_id", "")
-        if not key_id:
+        if not key_id or current.data.get("group_id") != target.group_id:
             return None
         try:
             key = self.zpa.get_provisioning_key(target.association_type, key_id)
@@ -319,9 +381,25 @@ class Provisioner(Rotator):
             if _not_found(exc):
                 return None
             raise
-        if key.eligible:
+        pattern = self.rules.get(target.association_type, TypeRule()).key_name_pattern
+        if key.eligible and (pattern is None or pattern.fullmatch(key.name)):
             return f"key {key_id} in Vault is usable (made meanwhile by another run)"
         return None
+
+    def _check_ours(self, target: Target, current: StoredSecret | None) -> None:
+        """The path must be free, hold this group's managed secret, or the secret of the gone
+        group the plan judged it may replace; anything else is not provisioned over."""
+        if current is None:
+            return
+        if not current.managed:
+            raise VaultZpaError(
+                f"{target.path} exists and is not managed by vault-zpa; not provisioning over it"
+            )
+        held = (current.data or {}).get("group_id")
+        if held and held not in (target.group_id, target.replaces):
+            raise VaultZpaError(
+                f"{target.path} holds the secret of group id {held}; not provisioning over it"
+            )
 
     def _write_provisioned(
         self, target: Target, rule: TypeRule, journal: Journal
@@ -334,16 +412,9 @@ class Provisioner(Rotator):
             key = replace(key, group_name=journal.group_name or target.group_name)
         for _ in range(2):
             current = self.store.read(path)
-            if current is not None and current.data is not None:
-                if current.data.get("key_id") == journal.new_id:
-                    return key
-                held = current.data.get("group_id")
-                if held and held != target.group_id:
-                    raise VaultZpaError(
-                        f"{path} holds the secret of group id {held}; not writing over it"
-                    )
-            if current is not None and not current.managed and current.data is not None:
-                raise VaultZpaError(f"{path} exists and is not managed by vault-zpa")
+            if current is not None and (current.data or {}).get("key_id") == journal.new_id:
+                return key
+            self._check_ours(target, current)
             if not key.eligible:
                 raise VaultZpaError(
                     f"the new key {key.id} is disabled or used up in ZPA; not writing it"
@@ -438,6 +509,27 @@ class ProvisionStep:
             self._cert_ids[(atype, name)] = str(cert["id"])
         return self._cert_ids[(atype, name)]
 
+    def check(self, types: Sequence[AssociationType], kv_version: int) -> None:
+        """At start-up, before anything runs: a KV v2 mount, and every enabled type's
+        enrollment certificate in ZPA (exit 2 when one is definitely missing). A ZPA that
+        cannot answer now is not a configuration error: each run looks again."""
+        enabled = [t for t in types if self.settings.policy(t).enabled]
+        if not enabled:
+            return
+        if kv_version != 2:
+            raise ConfigError(
+                "provisioning needs a KV v2 mount (its journal is written with check-and-set)",
+                hint="use a KV v2 mount, or turn [association_type.T.provision] off",
+            )
+        for atype in enabled:
+            try:
+                self._cert(atype, self.settings.policy(atype).cert_name(atype))
+            except ConfigError:
+                raise
+            except VaultZpaError as exc:
+                log.warning("enrollment certificates could not be checked now: %s", exc)
+                return
+
     def run(self, items: Sequence[PlanItem]) -> dict[int, ItemResult]:
         """Results by id(item) for the PROVISION items among `items`."""
         out: dict[int, ItemResult] = {}
@@ -445,23 +537,27 @@ class ProvisionStep:
             if item.action is not Action.PROVISION:
                 continue
             target = Target(
-                item.association_type, item.group_id or "", item.group_name or "", item.path
+                item.association_type,
+                item.group_id or "",
+                item.group_name or "",
+                item.path,
+                replaces=item.replaces,
             )
             self.handled.add((item.association_type, target.group_id))
             policy = self.settings.policy(item.association_type)
             if self.started >= self.settings.max_per_run:
+                # Not done: the group still has no key. Reported as failed (exit 1, metrics),
+                # so nobody reads "provisioned" for a group the next run will serve.
                 out[id(item)] = ItemResult(
-                    replace(
-                        item,
-                        reason=f"{item.reason}; deferred: {self.settings.max_per_run} "
-                        "provisionings already started this run",
-                    ),
-                    Outcome.DONE,
+                    item,
+                    Outcome.FAILED,
+                    error=f"deferred to the next run: {self.settings.max_per_run} provisionings "
+                    "already started this run (VAULT_ZPA_MAX_PROVISIONS_PER_RUN)",
                 )
                 continue
             result = self._guarded(target, policy, item.reason, start=True)
-            if result.decision.action == "start" and result.error is None:
-                self.started += 1
+            if result.decision.action == "start":
+                self.started += 1  # an attempt, failed or not: creates may have happened
             out[id(item)] = self._item_result(item, result)
         return out
 
@@ -471,8 +567,16 @@ class ProvisionStep:
         *,
         types: Sequence[AssociationType],
         groups: frozenset[str] = frozenset(),
+        listings: Sequence[Listing] = (),
     ) -> list[ItemResult]:
-        """Provisionings an earlier run left unfinished whose group this run did not plan."""
+        """Provisionings an earlier run left unfinished whose group this run did not plan. One
+        whose group a complete listing of groups no longer has is ended (abandoned), not
+        retried for ever against a group that is gone."""
+        alive = {
+            listing.association_type: {g.id for g in listing.groups}
+            for listing in listings
+            if listing.complete and listing.groups is not None and not listing.microtenant_id
+        }
         out = []
         for (atype, gid), journal in sorted(journals.items()):
             if (atype, gid) in self.handled or atype not in types:
@@ -482,6 +586,9 @@ class ProvisionStep:
             if groups and journal.group_name not in groups:
                 continue
             target = Target(atype, gid, journal.group_name, journal.target_path)
+            if atype in alive and gid not in alive[atype]:
+                out.append(self._abandon(target, journal))
+                continue
             item = PlanItem(
                 action=Action.PROVISION,
                 association_type=atype,
@@ -493,6 +600,21 @@ class ProvisionStep:
             result = self._guarded(target, self.settings.policy(atype), item.reason, start=False)
             out.append(self._item_result(item, result))
         return out
+
+    def _abandon(self, target: Target, journal: Journal) -> ItemResult:
+        item = PlanItem(
+            action=Action.PROVISION,
+            association_type=target.association_type,
+            path=target.path,
+            reason="the group is gone from ZPA; its unfinished provisioning is ended",
+            group_id=target.group_id,
+            group_name=target.group_name,
+        )
+        try:
+            self.provisioner.abandon(target, journal, "the group was deleted in ZPA")
+        except VaultZpaError as exc:
+            return ItemResult(item, Outcome.FAILED, error=str(exc))
+        return ItemResult(item, Outcome.DONE)
 
     def _guarded(
         self, target: Target, policy: ProvisionPolicy, reason: str, *, start: bool
@@ -522,6 +644,8 @@ class ProvisionStep:
                 replace(item, key=key, reason=f"{item.reason}: created key {result.new_key_id}"),
                 Outcome.DONE,
             )
-        if result.decision.action == "wait" and "backing off" in result.decision.reason:
-            return ItemResult(item, Outcome.FAILED, error=result.decision.reason)
-        return ItemResult(replace(item, reason=result.decision.reason), Outcome.DONE)
+        if result.decision.action == "none":  # a usable key is there now (another run's)
+            return ItemResult(replace(item, reason=result.decision.reason), Outcome.DONE)
+        # Waiting (backing off, another process's attempt, not the leader any more): the group
+        # has no key yet, and the report must not say otherwise.
+        return ItemResult(item, Outcome.FAILED, error=result.decision.reason)

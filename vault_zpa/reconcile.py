@@ -10,7 +10,7 @@ import contextlib
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from vault_zpa import layout
@@ -119,6 +119,13 @@ def desired(
             everyone.append(DesiredGroup(atype, group_id, name, held, placed))
         else:
             everyone.append(DesiredGroup(atype, group_id, name, held, None, placed.message))
+    # Keyed groups carry their listed group too: provisioning must know one is disabled.
+    listed_groups = {
+        (g.association_type, g.id): g for listing in listings for g in listing.groups or ()
+    }
+    everyone = [
+        replace(g, listed=listed_groups.get((g.association_type, g.group_id))) for g in everyone
+    ]
     everyone.extend(_keyless(listings, everyone, refs, prefix=prefix, rules=rules))
     by_path: dict[str, list[DesiredGroup]] = defaultdict(list)
     for group in everyone:
@@ -309,10 +316,12 @@ def _plan_group(
             **kw,  # type: ignore[arg-type]
         )
 
-    # Provisioning (opt-in) makes a key for a group with none usable; never for a group ZPA
-    # lists as disabled.
-    wants = provisions(group.association_type, group.group_name) and (
-        group.listed is None or group.listed.enabled
+    # Provisioning (opt-in) makes a key for a group with none usable: only for a group this
+    # run saw in ZPA's group listing, enabled (not when the groups could not be listed).
+    wants = (
+        provisions(group.association_type, group.group_name)
+        and group.listed is not None
+        and group.listed.enabled
     )
     if group.path is None:
         if not group.keys and not wants:
@@ -345,6 +354,9 @@ def _plan_group(
         if keyless and not (group.listed is not None and not group.listed.enabled):
             why += " (provisioning is off for it)"
         action = Action.NO_KEY if keyless else Action.SKIPPED
+        held_by = _other_holder(group, current, gone)
+        if held_by is not None:
+            return item(Action.CONFLICT, f"{why}; {held_by}")
         if (
             current is not None
             and current.managed
@@ -425,6 +437,26 @@ def _plan_group(
     return item(Action.UNCHANGED, "Vault matches ZPA", key=key, expected_version=current.version)
 
 
+def _other_holder(
+    group: DesiredGroup,
+    current: StoredSecret | None,
+    gone: Callable[[AssociationType, str], bool],
+) -> str | None:
+    """Why the path is not this group's to touch: it holds the secret of another group that
+    still exists (or may: a partial listing), or None."""
+    if current is None or not current.managed:
+        return None
+    held = current.data or {}
+    holder = held.get("group_id")
+    if holder and holder != group.group_id and not gone(group.association_type, holder):
+        return (
+            f"the path holds the secret of group {held.get('group_name')!r} (id {holder}), "
+            "which still exists or may; not touched (delete that path with `vault kv metadata "
+            "delete` to give it to this group)"
+        )
+    return None
+
+
 def _provision_item(
     item: Callable[..., PlanItem],
     group: DesiredGroup,
@@ -432,25 +464,23 @@ def _provision_item(
     why: str,
     gone: Callable[[AssociationType, str], bool],
 ) -> PlanItem:
-    """A PROVISION item, unless the path is not this group's to write."""
-    if current is not None and current.data is not None and not current.managed:
+    """A PROVISION item, unless the path is not this group's to write. `replaces` names the
+    gone group whose secret the path holds (a group deleted and made again under its name)."""
+    if current is not None and not current.managed:
         return item(
             Action.CONFLICT,
             f"{why}; the path exists and is not managed by vault-zpa, so no key is provisioned "
             "for it (free the path, or set another path template)",
         )
-    held = (current.data or {}) if current is not None else {}
-    holder = held.get("group_id")
-    if holder and holder != group.group_id and not gone(group.association_type, holder):
-        return item(
-            Action.CONFLICT,
-            f"{why}; the path holds the secret of group {held.get('group_name')!r} (id "
-            f"{holder}), so no key is provisioned for it",
-        )
+    held_by = _other_holder(group, current, gone)
+    if held_by is not None:
+        return item(Action.CONFLICT, f"{why}; {held_by}")
+    holder = ((current.data or {}) if current is not None else {}).get("group_id")
     return item(
         Action.PROVISION,
         f"{why}; provisioning a key",
         expected_version=current.version if current is not None else 0,
+        replaces=holder if holder and holder != group.group_id else None,
     )
 
 
@@ -498,8 +528,9 @@ def _plan_orphans(
             # Listed by ZPA, so it exists: whatever this path is, it is not a gone group's.
             prunable = False
             reason = (
-                "the group still exists in ZPA but this path is not its place now (no key, "
-                "or its path moved); not pruned"
+                "the group still exists in ZPA but this path is not its place now (renamed, or "
+                "its path moved); not pruned: delete it by hand (`vault kv metadata delete`) "
+                "once nothing reads it"
             )
         elif listing.groups_error is not None:
             prunable = False

@@ -43,6 +43,7 @@ import os
 import secrets
 import signal
 import socket
+import string
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -167,11 +168,7 @@ def parse_policy(
                     raise ValueError("must be 'delete' or 'disable'")
                 changes[key] = value
             elif key == "name_template":
-                text = str(value)
-                if "{timestamp}" not in text:
-                    raise ValueError("must contain {timestamp} so new key names are unique")
-                text.format(group="g", key_name="k", timestamp="t")
-                changes[key] = text
+                changes[key] = check_name_template(value, ("group", "key_name", "timestamp"))
             elif key == "max_failures":
                 if isinstance(value, bool) or not isinstance(value, int | str):
                     raise ValueError("must be a whole number from 1 to 1000")
@@ -182,6 +179,27 @@ def parse_policy(
         except (ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
             raise ConfigError(f"{where} {key}: {exc}") from None
     return replace(policy, **changes)
+
+
+def check_name_template(value: Any, allowed: Sequence[str]) -> str:
+    """A key name template: text with {placeholders} from `allowed` only (no attribute, index,
+    conversion or format spec: "{group.x}" or "{group:>999999999}" are refused, not run), and
+    {timestamp}, so every name is unique."""
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    try:
+        fields = list(string.Formatter().parse(value))
+    except ValueError as exc:
+        raise ValueError(f"is malformed ({exc})") from None
+    for _, name, spec, conversion in fields:
+        if name is None:
+            continue
+        if name not in allowed or spec or conversion:
+            shown = ", ".join("{" + a + "}" for a in allowed)
+            raise ValueError(f"may only use the placeholders {shown}, each as written")
+    if "{timestamp}" not in value:
+        raise ValueError("must contain {timestamp} so new key names are unique")
+    return value
 
 
 def new_key_name(
@@ -924,7 +942,7 @@ class Rotator:
         if elsewhere is not None:
             raise VaultZpaError(
                 f"{elsewhere} still serves the old key {journal.old_id}; not removing it",
-                hint="if that path is stale (a renamed group), prune it or delete it by hand",
+                hint="if that path is stale (a renamed group), delete it once nothing reads it",
             )
 
     def _claim(self, path: str, journal: Journal) -> Journal:
@@ -1040,27 +1058,35 @@ class Rotator:
             ) from None
         return replace(new, version=version)
 
-    def _failed(self, path: str, where: GroupKey, policy: RotationPolicy, error: str) -> Journal:
+    def _failed(
+        self,
+        path: str,
+        where: GroupKey,
+        policy: RotationPolicy,
+        error: str,
+        *,
+        what: str = "rotation",
+    ) -> Journal:
         """Record a failure in the journal as it now stands in Vault: the state is never moved
-        on by a failure, only the retry bookkeeping."""
+        on by a failure, only the retry bookkeeping (a `needs_human` already set stays set)."""
         try:
             secret = self.store.read(path)
             legacy = secret.custom_metadata if secret is not None else None
             current = read_journal(self.store, self.prefix, *where, legacy)
             failures = current.failures + 1
             delay = min(policy.backoff * 2 ** min(failures - 1, 20), 86400.0)
-            log.warning("rotation of %s failed (%d): %s", path, failures, error)
+            log.warning("%s of %s failed (%d): %s", what, path, failures, error)
             return self._journal(
                 path,
                 current,
                 failures=failures,
                 retry_at=_stamp(self.now() + timedelta(seconds=delay)),
                 last_error=error[:500],
-                needs_human=failures >= policy.max_failures,
+                needs_human=current.needs_human or failures >= policy.max_failures,
                 attempt_open=False,  # this attempt is over: another run need not wait for it
             )
         except VaultZpaError as exc:
-            log.warning("could not record the rotation failure of %s: %s", path, exc)
+            log.warning("could not record the %s failure of %s: %s", what, path, exc)
             return Journal()
 
     def _boundary(self, step: str) -> None:

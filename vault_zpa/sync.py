@@ -396,12 +396,13 @@ def run_once(
                 snap.journals,
                 types=options.association_types,
                 groups=options.scope.groups,
+                listings=snap.listings,
             )
         )
     if warm is not None and not options.dry_run:
         warm.remember(snap, results)
-        if any(r.item.action is Action.PROVISION for r in results):
-            warm.invalidate()  # what provisioning wrote is not in the snapshot: read it back
+        if warm.usable:
+            warm.reread(store, options.prefix, [r.item for r in results])
     return Report(
         results=tuple(results),
         listings=snap.listings,
@@ -427,7 +428,12 @@ class WarmState:
         self.stored, self.journals, self.usable = {}, {}, False
 
     def remember(self, snap: Snapshot, results: Sequence[ItemResult]) -> None:
-        if any(r.outcome is Outcome.FAILED for r in results):
+        # A failed provisioning changed at most its own group's path and journal, which
+        # `reread` refreshes; any other failure leaves Vault unknown: read it all next run.
+        if any(
+            r.outcome is Outcome.FAILED and r.item.action is not Action.PROVISION
+            for r in results
+        ):
             self.invalidate()
             return
         stored = dict(snap.stored)
@@ -453,6 +459,27 @@ class WarmState:
                 old = stored[item.path]
                 stored[item.path] = StoredSecret(old.path, old.version, None, old.custom_metadata)
         self.stored, self.journals, self.usable = stored, dict(snap.journals), True
+
+
+    def reread(self, store: KvStore, prefix: str, items: Sequence[PlanItem]) -> None:
+        """What provisioning wrote is not in the snapshot: read those paths and journals again
+        (a few reads), so the next warm run, and the rotations after this one, see them."""
+        touched = [i for i in items if i.action is Action.PROVISION]
+        if not touched:
+            return
+        try:
+            journals = dict(self.journals)
+            for item in touched:
+                fresh = store.read(item.path)
+                if fresh is None:
+                    self.stored.pop(item.path, None)
+                else:
+                    self.stored[item.path] = fresh.compact()
+                where = (item.association_type, item.group_id or "")
+                journals[where] = read_journal(store, prefix, *where)
+            self.journals = journals
+        except VaultZpaError:
+            self.invalidate()
 
 
 def _shunned(listings: Iterable[Listing], journals: Mapping[GroupKey, Journal]) -> frozenset[str]:
