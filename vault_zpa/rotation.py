@@ -506,7 +506,8 @@ def decide(
             "needs a human (run `vault-zpa rotate` for this group)",
         )
     if journal.retry_at and _parse(journal.retry_at) > now and not requested:
-        return Decision("wait", f"backing off after a failure until {journal.retry_at}")
+        what = "a failed provisioning" if journal.kind == "provision" else "a failure"
+        return Decision("wait", f"backing off after {what} until {journal.retry_at}")
     if journal.in_flight and journal.kind == "provision":
         return Decision("wait", "a first key is being provisioned for this group")
     if journal.in_flight:
