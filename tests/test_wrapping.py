@@ -6,6 +6,7 @@ and exit 2, and neither the key nor the token shows in any output."""
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import stat
 import subprocess
@@ -306,8 +307,10 @@ def test_a_token_wrapping_anything_else_is_refused_unused(
     put(vault, "g1", new_key(), group_name="somebody-else")
     wrong = wrapped_by_root(vault, "GET", f"{vault.mount}/data/zpa/{TYPE}/g1", "2m")
     refused = fetch(env, "g1", out, "--wrapped-token-file", str(token_file(tmp_path, wrong)))
-    assert refused.returncode == 1
-    assert "belongs to group 'somebody-else'" in one_line(refused, wrong)
+    assert refused.returncode == 2
+    line = one_line(refused, wrong)
+    assert "belongs to group 'somebody-else'" in line
+    assert "the wrapping token is now spent" in line
     assert not out.exists()
 
 
@@ -470,6 +473,145 @@ def test_an_unusable_token_file_is_one_line_and_exit_2(
     assert "is empty" in one_line(proc)
 
 
+def test_a_token_wrapping_an_error_answer_is_one_line_and_exit_2(
+    vault: Vault, home: Path, tmp_path: Path
+) -> None:
+    """Vault wraps a KV v2 read's 404 too: a KV v1-style read of the v2 mount (`bao read
+    -wrap-ttl`), a soft-deleted version (`bao kv get -wrap-ttl`). With a bare token the host
+    cannot know the mount's version (it has no token) and no lookup shows the answer, so the
+    unwrap spends the token; fetch says what Vault answered in one line, exit 2, no file."""
+    key = new_key()
+    put(vault, "g1", key)
+    env = host_env(vault, home)
+    out = tmp_path / "provision_key"
+
+    v1_style = wrapped_by_root(vault, "GET", f"{vault.mount}/zpa/{TYPE}/g1", "2m")
+    wrong = fetch(env, "g1", out, "--wrapped-token-file", str(token_file(tmp_path, v1_style)))
+    assert wrong.returncode == 2, wrong.stderr
+    line = one_line(wrong, key, v1_style)
+    assert "404" in line
+    assert "a KV v1 read of a KV v2 mount" in line
+    assert "the wrapping token is now spent" in line
+    assert not alive(vault, v1_style)
+
+    vault.api("DELETE", f"{vault.mount}/data/zpa/{TYPE}/g1").raise_for_status()
+    made = vault.bao("kv", "get", "-wrap-ttl=10m", "-format=json", f"{vault.mount}/zpa/{TYPE}/g1")
+    token = json.loads(made.stdout)["wrap_info"]["token"]
+    deleted = fetch(env, "g1", out, "--wrapped-token-file", str(token_file(tmp_path, made.stdout)))
+    assert deleted.returncode == 2, deleted.stderr
+    line = one_line(deleted, key, token)
+    assert "its version 1 had been deleted at" in line
+    assert "the wrapping token is now spent" in line
+    assert not out.exists()
+
+
+def test_a_kv_v1_read_of_a_v2_mount_is_refused_unused_when_the_version_is_known(
+    vault: Vault, home: Path, tmp_path: Path
+) -> None:
+    """The host has no token to ask the mount's version, but VAULT_ZPA_KV_VERSION says it, and
+    so does Vault, unauthenticated, for a mount listed with listing_visibility=unauth: then a
+    read of the other layout is refused before unwrapping and stays good."""
+    key = new_key()
+    put(vault, "g1", key)
+    out = tmp_path / "provision_key"
+    v1_style = wrapped_by_root(vault, "GET", f"{vault.mount}/zpa/{TYPE}/g1", "2m")
+    bare = str(token_file(tmp_path, v1_style))
+
+    pinned = fetch(
+        host_env(vault, home, VAULT_ZPA_KV_VERSION="2"), "g1", out, "--wrapped-token-file", bare
+    )
+    assert pinned.returncode == 2
+    line = one_line(pinned, key, v1_style)
+    assert "KV v1 read" in line
+    assert "refused without unwrapping it" in line
+    assert alive(vault, v1_style)
+
+    vault.api(
+        "POST", f"sys/mounts/{vault.mount}/tune", json={"listing_visibility": "unauth"}
+    ).raise_for_status()
+    listed = fetch(host_env(vault, home), "g1", out, "--wrapped-token-file", bare)
+    assert listed.returncode == 2
+    line = one_line(listed, key, v1_style)
+    assert f"the mount '{vault.mount}' is KV v2" in line
+    assert "refused without unwrapping it" in line
+    assert alive(vault, v1_style)
+    assert not out.exists()
+
+    # Vault's answer and a pinned version that contradicts it: one line, nothing spent.
+    contradicted = fetch(
+        host_env(vault, home, VAULT_ZPA_KV_VERSION="1"), "g1", out, "--wrapped-token-file", bare
+    )
+    assert contradicted.returncode == 2
+    assert "VAULT_ZPA_KV_VERSION=1" in one_line(contradicted, key, v1_style)
+    assert alive(vault, v1_style)
+
+    # A token made by `wrap` still works on the listed mount.
+    made = wrap_json(vault, operator_env(vault, home), "g1", "--ttl", "1m")
+    done = fetch(
+        host_env(vault, home),
+        "g1",
+        out,
+        "--wrapped-token-file",
+        str(token_file(tmp_path, json.dumps(made))),
+    )
+    assert done.returncode == 0, done.stderr
+    assert out.read_text() == key + "\n"
+
+
+def test_two_group_names_sharing_one_path(vault: Vault, home: Path, tmp_path: Path) -> None:
+    """'A B' and 'A-B' have one path. wrap's JSON names the group it was made for, so fetch
+    --group 'A-B' refuses it without unwrapping and the rightful host still gets its key. A
+    bare token says nothing: fetch can only tell after unwrapping, then refuses (exit 2) and
+    says the token is spent and the rightful host needs a new one."""
+    key = new_key()
+    put(vault, "A-B", key, group_name="A B")
+    operator = operator_env(vault, home)
+    env = host_env(vault, home)
+    out = tmp_path / "provision_key"
+
+    made = wrap_json(vault, operator, "A B", "--ttl", "2m")
+    token = str(made["token"])
+    assert made["creation_path"] == f"{vault.mount}/data/zpa/{TYPE}/A-B"
+    document = str(token_file(tmp_path, json.dumps(made)))
+    refused = fetch(env, "A-B", out, "--wrapped-token-file", document)
+    assert refused.returncode == 2
+    line = one_line(refused, key, token)
+    assert f"made for {TYPE} group 'A B', not {TYPE} group 'A-B'" in line
+    assert "refused without unwrapping it" in line
+    assert alive(vault, token)
+    done = fetch(env, "A B", out, "--wrapped-token-file", document)
+    assert done.returncode == 0, done.stderr
+    assert out.read_text() == key + "\n"
+
+    bare = str(wrap_json(vault, operator, "A B", "--ttl", "2m")["token"])
+    other_out = tmp_path / "other"
+    spent = fetch(env, "A-B", other_out, "--wrapped-token-file", str(token_file(tmp_path, bare)))
+    assert spent.returncode == 2
+    line = one_line(spent, key, bare)
+    assert "belongs to group 'A B' (id 72058), not 'A-B'" in line
+    assert "the wrapping token is now spent" in line
+    assert "needs a new one" in line
+    assert not alive(vault, bare)
+    assert not other_out.exists()
+
+
+def test_a_token_file_that_is_not_a_regular_file_is_refused_at_once(
+    vault: Vault, home: Path, tmp_path: Path
+) -> None:
+    """A FIFO with no writer (directly or behind a link), a device: one line, exit 2, at once;
+    nothing waits on a pipe."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    link = tmp_path / "link-to-fifo"
+    link.symlink_to(fifo)
+    for path in (str(fifo), str(link), "/dev/null"):
+        started = time.monotonic()
+        proc = fetch(host_env(vault, home), "g1", tmp_path / "out", "--wrapped-token-file", path)
+        assert proc.returncode == 2, (path, proc.stderr)
+        assert "is not a regular file" in one_line(proc), path
+        assert time.monotonic() - started < 30
+
+
 # -- in process: the token file and the wording ----------------------------------------------
 
 
@@ -497,8 +639,15 @@ def test_token_files_are_read_strictly(tmp_path: Path) -> None:
     (tmp_path / "binary").write_bytes(b"\xff\xfe" + canary.encode())
     with pytest.raises(ConfigError, match="not text"):
         wrapping.read_token_file(str(tmp_path / "binary"))
-    with pytest.raises(ConfigError, match="Is a directory"):
+    with pytest.raises(ConfigError, match="is not a regular file"):
         wrapping.read_token_file(str(tmp_path))
+    with pytest.raises(ConfigError, match="is not a regular file"):
+        wrapping.read_token_file("/dev/zero")
+    # A link to a regular file is followed (a Kubernetes secret volume is links).
+    token = "s." + secrets.token_hex(12)
+    (tmp_path / "real").write_text(token + "\n")
+    (tmp_path / "linked").symlink_to(tmp_path / "real")
+    assert wrapping.read_token_file(str(tmp_path / "linked")).token.reveal() == token
 
 
 def test_token_documents_and_masking() -> None:
@@ -549,3 +698,49 @@ def test_the_one_line_for_a_token_vault_does_not_know(left: float | None, says: 
     assert says in error.message
     assert error.exit_code == 2
     assert ("intercepted" in error.message) == ("expired at" not in says)
+
+
+def test_the_record_in_wraps_json_only_ever_refuses() -> None:
+    """wrap's JSON names what the token was made for; a record that contradicts the flags is
+    refused (exit 2) before Vault is asked anything; a bare token or the vault CLI's answer has
+    no record and passes to the lookup."""
+    token = "s." + secrets.token_hex(12)
+    made = {
+        "schema_version": 1,
+        "token": token,
+        "association_type": "CONNECTOR_GRP",
+        "group_name": "A B",
+        "group_id": "72058",
+        "unwraps_to": "provisioning_key",
+        "kv_path": "secret/zpa/CONNECTOR_GRP/A-B",
+    }
+    ours = wrapping.parse_token(json.dumps(made), source="the file")
+    fine = {
+        "association_type": "CONNECTOR_GRP",
+        "group": "A B",
+        "group_id": None,
+        "unwraps_to": "provisioning_key",
+    }
+    wrapping.check_claims(ours, **fine)  # type: ignore[arg-type]
+    wrapping.check_claims(ours, **{**fine, "group_id": "72058"})  # type: ignore[arg-type]
+    refusals = {
+        "made for CONNECTOR_GRP group 'A B', not CONNECTOR_GRP group 'A-B'": {"group": "A-B"},
+        "not SERVICE_EDGE_GRP group 'A B'": {"association_type": "SERVICE_EDGE_GRP"},
+        "group id 72058, not --group-id 9": {"group_id": "9"},
+        "unwraps to a provisioning key, not an AppRole secret-id": {
+            "unwraps_to": "approle_secret_id"
+        },
+    }
+    for says, flags in refusals.items():
+        with pytest.raises(wrapping.WrappedTokenRefused) as caught:
+            wrapping.check_claims(ours, **{**fine, **flags})  # type: ignore[arg-type]
+        assert says in caught.value.message
+        assert "refused without unwrapping it" in caught.value.message
+        assert caught.value.exit_code == 2
+        assert token not in str(caught.value)
+    for bare in (
+        wrapping.parse_token(token, source="env"),
+        wrapping.parse_token(json.dumps({"wrap_info": {"token": token}}), source="bao"),
+    ):
+        assert bare.claims == {}
+        wrapping.check_claims(bare, **{**fine, "group": "A-B"})  # type: ignore[arg-type]

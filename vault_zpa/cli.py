@@ -43,7 +43,8 @@ Exit codes (every command):
      credentials refused (Vault token, AppRole, ZPA sign-in), an untrusted certificate
      or https to a plain-http Vault, an unknown VAULT_NAMESPACE, a missing mount or the
      wrong KV version, a policy lacking a capability, an unknown --owner, a wrapped
-     token already unwrapped, expired or wrapping anything but the group's secret
+     token already unwrapped, expired, wrapping anything but the group's secret or an
+     error answer, or made for another group (the token file's record, or the secret)
 """
 
 
@@ -389,6 +390,7 @@ def daemon(
     )
     zpa = build.zpa_client(settings.zpa())
     store = build.kv_store(settings)
+    build.provision_step(settings, zpa, store)  # checked at start-up: KV v2, certificates
     lease = (
         LeaderLease(store, prefix=settings.vault.prefix, period=config.lease_period)
         if config.ha
@@ -628,7 +630,8 @@ def rotate(
     metavar="FILE",
     help="Redeem the single-use token `vault-zpa wrap` made (the token alone, or wrap's JSON) "
     "instead of reading with a Vault token; env VAULT_WRAPPED_TOKEN holds one too. The token "
-    "is looked up first and refused, unused, unless it wraps this group's secret.",
+    "is looked up first and refused, unused, unless it wraps a read of this group's path "
+    "(and, given wrap's JSON, was made for this group).",
 )
 @click.option(
     "--approle-role",
@@ -662,7 +665,8 @@ def fetch(
     another group is never written. Exit 1 when the key cannot be read or written (missing or
     read-only directory), or is used up (written, with a warning); 2 on bad usage (an unknown
     --owner, a wrong KV version, a refused token; a wrapped token that was already unwrapped,
-    has expired, or wraps anything but this group's secret)."""
+    has expired, wraps anything but this group's secret or an error answer, or was made for
+    another group)."""
     from vault_zpa import fetch as fetching
     from vault_zpa import wrapping
     from vault_zpa.vault.kv import HvacKvStore
@@ -688,27 +692,43 @@ def fetch(
             f"--approle-role goes with a wrapped token (--wrapped-token-file or {wrapping.ENV})"
         )
     if wrapped is not None:
-        # What could stop the write is checked before the single-use token is spent.
+        # What could stop the write is checked before the single-use token is spent: wrap's
+        # record of the group it was made for, then --out, its directory and --owner.
+        wrapping.check_claims(
+            wrapped,
+            association_type=atype.value,
+            group=group,
+            group_id=group_id,
+            unwraps_to="provisioning_key" if approle_role is None else "approle_secret_id",
+        )
         fetching.preflight_target(target, uid=uid, gid=gid)
     how = ""
     if wrapped is not None and approle_role is None:
-        expected = wrapping.expected_kv_paths(
-            mount=settings.vault.mount,
-            paths=paths,
-            kv_version=settings.vault.kv_version,
-            namespace=settings.vault.namespace,
-        )
         with _recipient(settings) as conn:
             secret = wrapping.redeem_kv(
                 conn,
                 wrapped,
-                expected=expected,
+                mount=settings.vault.mount,
+                paths=paths,
+                kv_version=settings.vault.kv_version,
+                namespace=settings.vault.namespace,
                 what=f"a read of {association_type} group {group!r}",
             )
         path = secret.path
-        fetching.check_group(
-            secret, where=f"{settings.vault.mount}/{path}", group_name=group, group_id=group_id
-        )
+        try:
+            fetching.check_group(
+                secret, where=f"{settings.vault.mount}/{path}", group_name=group, group_id=group_id
+            )
+        except fetching.FetchError as exc:
+            # A name sharing this group's path ('A B', 'A-B') handed a bare token: only the
+            # unwrapped secret could tell, and the token is gone with it.
+            raise wrapping.WrappedTokenRefused(
+                f"{exc.message}; nothing was written, and {wrapping.SPENT}: the host it was "
+                "made for needs a new one",
+                hint="run `vault-zpa wrap` again for that host, which would otherwise report "
+                "this token as intercepted; handed wrap's JSON, which names the group, fetch "
+                "refuses another group's token without unwrapping it",
+            ) from None
         how = ", unwrapped"
     else:
         auth = None

@@ -18,6 +18,17 @@ point on a real OpenBao:
   connection holds no token at all (`NoToken`), and only the one unwrap carries the wrapping
   token, and is not retried (a retried unwrap whose first answer was lost would read as
   "already unwrapped").
+- Vault wraps an error answer too: a KV v2 read of a deleted or destroyed version, or a KV v1
+  path read on a KV v2 mount, is wrapped with its 404, and only the unwrap (which spends the
+  token) shows it. So what the recipient can know beforehand, it checks: the mount's KV version
+  comes from VAULT_ZPA_KV_VERSION, else from Vault's unauthenticated `sys/internal/ui/mounts`
+  listing, which names only mounts tuned `listing_visibility=unauth` (`.../mounts/<mount>` needs
+  a token; the recipient has none); when neither says, both layouts' paths are accepted, and an
+  error answer after the unwrap is one line (exit 2) saying what Vault answered.
+- Two group names can share a path ('A B' and 'A-B'), so a creation path cannot tell which of
+  them a token was made for. `wrap --output json` records the group, and a recipient handed
+  that document refuses another group's token before unwrapping it; a bare token carries no
+  such record, so the secret's own group fields are only seen after the unwrap.
 - A used, an expired and a never-issued token get the same answer (400 "wrapping token is not
   valid or does not exist"). When the handover says when the token expires (the JSON that
   `wrap --output json` prints, or the vault CLI's `wrap_info`), or a lookup just saw it alive,
@@ -29,15 +40,16 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import hvac
 import hvac.exceptions
 
-from vault_zpa.errors import ConfigError, VaultError, VaultUnavailable
+from vault_zpa.errors import ConfigError, VaultError, VaultMountError, VaultUnavailable
 from vault_zpa.masking import REDACTOR, Secret
 from vault_zpa.model import StoredSecret
 from vault_zpa.vault.auth import Login
@@ -54,6 +66,10 @@ INVALID = "wrapping token is not valid or does not exist"
 # Near its expiry, "expired" and "already unwrapped" cannot be told apart across two clocks.
 CLOCK_SLACK = 30.0
 ENV = "VAULT_WRAPPED_TOKEN"
+# What `wrap --output json` records about the token's purpose; a recipient refuses a token
+# whose record contradicts its own flags before unwrapping it (a record only ever refuses).
+CLAIMS = ("association_type", "group_name", "group_id", "unwraps_to")
+SPENT = "the wrapping token is now spent"
 
 
 class WrappedTokenRefused(VaultError):
@@ -185,6 +201,9 @@ class WrappedToken:
     token: Secret
     source: str
     expires_at: datetime | None = None
+    # What the handover says the token was made for (wrap's JSON only); never trusted to
+    # accept anything, only to refuse before unwrapping.
+    claims: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -201,15 +220,26 @@ class NoToken:
 def read_token_file(path: str) -> WrappedToken:
     """The token file, strictly: at most 64 KiB of UTF-8 text holding the token alone (blank
     lines and spaces around it are fine), or the JSON `vault-zpa wrap --output json` printed,
-    or the vault CLI's `-format=json` answer with `wrap_info`. Its content is never shown."""
+    or the vault CLI's `-format=json` answer with `wrap_info`. Its content is never shown.
+
+    A regular file only: opened with O_NONBLOCK, so a FIFO with no writer is refused at once
+    instead of waiting forever, and its type checked on the open file (fstat), so a device or a
+    directory is refused too. A symbolic link is followed (a Kubernetes secret volume and
+    /run/secrets are links), and what it leads to must be a regular file as well."""
     source = f"the wrapped token file {path}"
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
     except OSError as exc:
         raise ConfigError(f"cannot read {source}: {exc.strerror}") from None
     chunks: list[bytes] = []
     size = 0
     try:
+        kind = os.fstat(fd).st_mode
+        if not stat.S_ISREG(kind):
+            raise ConfigError(
+                f"{source} is not a regular file ({_kind(kind)}): not a wrapping token",
+                hint="write the token (or wrap's JSON) to a file and pass that",
+            )
         while size <= MAX_TOKEN_FILE:
             chunk = os.read(fd, MAX_TOKEN_FILE + 1 - size)
             if not chunk:
@@ -229,6 +259,19 @@ def read_token_file(path: str) -> WrappedToken:
     return parse_token(text, source=source)
 
 
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return name
+    return "not a file"
+
+
 def parse_token(text: str, *, source: str) -> WrappedToken:
     value = text.strip()
     if not value:
@@ -237,12 +280,14 @@ def parse_token(text: str, *, source: str) -> WrappedToken:
         )
     expires: datetime | None = None
     token: object = value
+    claims: dict[str, str] = {}
     if value.startswith("{"):
         try:
             document = json.loads(value)
         except ValueError:
             raise ConfigError(f"{source} starts like JSON but is not valid JSON") from None
         token, expires = _from_document(document)
+        claims = _claims(document)
     if not isinstance(token, str) or not TOKEN_SHAPE.fullmatch(token):
         raise ConfigError(
             f"{source} does not hold a wrapping token",
@@ -250,7 +295,7 @@ def parse_token(text: str, *, source: str) -> WrappedToken:
             "prints",
         )
     REDACTOR.register(token)
-    return WrappedToken(Secret(token), source, expires)
+    return WrappedToken(Secret(token), source, expires, claims)
 
 
 def _from_document(document: object) -> tuple[object, datetime | None]:
@@ -267,6 +312,67 @@ def _from_document(document: object) -> tuple[object, datetime | None]:
         if created is not None and isinstance(ttl, int) and not isinstance(ttl, bool):
             expires = created + timedelta(seconds=ttl)
     return info.get("token"), expires
+
+
+def _claims(document: object) -> dict[str, str]:
+    """wrap's record of what the token is for (its JSON's top level: the vault CLI's answer
+    has none of these)."""
+    if not isinstance(document, dict):
+        return {}
+    return {
+        name: document[name]
+        for name in CLAIMS
+        if isinstance(document.get(name), str) and document[name]
+    }
+
+
+_UNWRAPS_TO = {
+    "provisioning_key": "a provisioning key",
+    "approle_secret_id": "an AppRole secret-id",
+}
+
+
+def check_claims(
+    token: WrappedToken,
+    *,
+    association_type: str,
+    group: str,
+    group_id: str | None,
+    unwraps_to: str,
+) -> None:
+    """Refuse, before anything is asked of Vault, a token whose handover (wrap's JSON) says
+    it was made for another group or for the other kind of secret. Two group names may share
+    a path ('A B' and 'A-B'), so this record is the only thing that tells them apart before
+    the unwrap; a bare token has none, and is checked after it."""
+    claims = token.claims
+    their_type, their_group = claims.get("association_type"), claims.get("group_name")
+    if their_type not in (None, association_type) or their_group not in (None, group):
+        made = (
+            f"{their_type or association_type} group {their_group!r}"
+            if their_group is not None
+            else f"a {their_type} group"
+        )
+        raise WrappedTokenRefused(
+            f"{token.source} says the token was made for {made}, not {association_type} "
+            f"group {group!r}; refused without unwrapping it",
+            hint="pass the --association-type and --group that `vault-zpa wrap` was given, or "
+            "ask for a token made for this group; the token is left unused for its own host",
+        )
+    theirs = claims.get("group_id")
+    if group_id and theirs is not None and theirs != group_id:
+        raise WrappedTokenRefused(
+            f"{token.source} says the token was made for group id {theirs}, not --group-id "
+            f"{group_id}; refused without unwrapping it",
+            hint="check --group-id (`vault-zpa sync --output json` lists the ids); the token "
+            "is left unused for its own host",
+        )
+    kind = claims.get("unwraps_to")
+    if kind is not None and kind != unwraps_to:
+        raise WrappedTokenRefused(
+            f"{token.source} says the token unwraps to {_UNWRAPS_TO.get(kind, repr(kind))}, "
+            f"not {_UNWRAPS_TO[unwraps_to]}; refused without unwrapping it",
+            hint="a secret-id token goes with `fetch --approle-role NAME`, a key token without it",
+        )
 
 
 @dataclass(frozen=True)
@@ -333,11 +439,13 @@ def check(
     return found
 
 
-def unwrap(conn: VaultConnection, token: WrappedToken) -> dict[str, Any] | None:
+def unwrap(conn: VaultConnection, token: WrappedToken, *, wrapped: str) -> dict[str, Any] | None:
     """POST sys/wrapping/unwrap with the wrapping token as X-Vault-Token, the one request that
     carries it: the wrapped answer, once. None when Vault no longer knows the token. Not
     retried (the connection's retry budget is 0 for this call): a second try after a lost
-    answer would find the token used and read as an interception."""
+    answer would find the token used and read as an interception. An error answer (Vault
+    wraps a read's 404 as readily as its 200; `wrapped` is that read's path) is one line, exit
+    2: the token is spent on it, and only a new one helps."""
 
     def redeem(c: hvac.Client) -> Any:
         try:
@@ -347,7 +455,13 @@ def unwrap(conn: VaultConnection, token: WrappedToken) -> dict[str, Any] | None:
         except hvac.exceptions.InvalidRequest as exc:
             if _says_invalid(exc):
                 return None
-            raise
+            return _Failed(exc)
+        except _TRANSIENT:
+            raise  # the connection's VaultUnavailable: the unwrap may not have happened
+        except hvac.exceptions.VaultError as exc:
+            # Caught here, not by the connection: it would answer a 403 by looking up a token
+            # this connection does not have and then trying the unwrap again.
+            return _Failed(exc)
 
     budget, conn.retry_budget = conn.retry_budget, 0.0
     try:
@@ -364,9 +478,75 @@ def unwrap(conn: VaultConnection, token: WrappedToken) -> dict[str, Any] | None:
         conn.retry_budget = budget
     if body is None:
         return None
+    if isinstance(body, _Failed):
+        raise _error_answer(body.exc, wrapped)
     if not isinstance(body, dict):
         raise VaultError("Vault's answer to sys/wrapping/unwrap is not JSON")
     return body
+
+
+_TRANSIENT = (
+    hvac.exceptions.VaultDown,
+    hvac.exceptions.InternalServerError,
+    hvac.exceptions.BadGateway,
+    hvac.exceptions.RateLimitExceeded,
+    hvac.exceptions.UnexpectedError,
+)
+_STATUS = {
+    hvac.exceptions.InvalidRequest: 400,
+    hvac.exceptions.Unauthorized: 401,
+    hvac.exceptions.Forbidden: 403,
+    hvac.exceptions.InvalidPath: 404,
+    hvac.exceptions.UnsupportedOperation: 405,
+    hvac.exceptions.PreconditionFailed: 412,
+}
+_V1_ON_V2 = "Invalid path for a versioned K/V secrets engine"
+
+
+@dataclass(frozen=True)
+class _Failed:
+    exc: hvac.exceptions.VaultError
+
+
+def _error_answer(exc: hvac.exceptions.VaultError, wrapped: str) -> WrappedTokenRefused:
+    """The one line for an unwrap that returned an error status. A 404 can only be the wrapped
+    read's (sys/wrapping/unwrap itself always exists): say which 404 it was, from what Vault
+    sends with it (a KV v2 version's metadata, the v1-path warning); never its data."""
+    status = _STATUS.get(type(exc))
+    body = exc.json if isinstance(exc.json, dict) else {}
+    if status == 404:
+        data = _mapping(body.get("data"))
+        meta = _mapping(data.get("metadata"))
+        warnings = " ".join(str(w) for w in body.get("warnings") or [])
+        if _V1_ON_V2 in warnings:
+            what = "a KV v1 read of a KV v2 mount (`bao read`, not `bao kv get`)"
+            fix = "ask for a token made by `vault-zpa wrap`"
+        elif meta.get("destroyed") or meta.get("deletion_time"):
+            version = meta.get("version") or "?"
+            deleted = parse_time(str(meta.get("deletion_time") or ""))
+            when = f" at {stamp(deleted)}" if deleted else ""
+            gone = "destroyed" if meta.get("destroyed") else f"deleted{when}"
+            what = f"its version {version} had been {gone}"
+            fix = (
+                "restore the group's secret (`vault-zpa sync` writes it again; `bao kv "
+                "undelete` brings back a deleted version), then ask for a new token "
+                "(`vault-zpa wrap` reads it live first)"
+            )
+        else:
+            what = f"no secret at {wrapped!r} when the token was made"
+            fix = "run `vault-zpa sync`, then ask for a new token"
+        return WrappedTokenRefused(
+            f"the wrapping token held Vault's 404 for {wrapped!r}: {what}; nothing was "
+            f"written, and {SPENT}",
+            hint=fix,
+        )
+    errors = "; ".join(str(e) for e in (exc.errors or []))[:200] or type(exc).__name__
+    return WrappedTokenRefused(
+        f"Vault answered the unwrap of {wrapped!r} with "
+        f"{status or 'an error'} ({errors}); nothing was written, and the wrapping token is "
+        "most likely spent",
+        hint="ask for a new token",
+    )
 
 
 def spent(
@@ -403,14 +583,53 @@ _EXPOSED = (
 )
 
 
+def kv_versions(conn: VaultConnection, *, mount: str, configured: str) -> tuple[int, ...]:
+    """The KV versions the mount may be, as far as a host with no token can know:
+    VAULT_ZPA_KV_VERSION, else Vault's unauthenticated listing (mounts tuned
+    `listing_visibility=unauth` only), else both. A pinned version the listing contradicts
+    is refused (exit 2), as `fetch` with a token refuses it."""
+    listed = listed_kv_version(conn, mount)
+    if configured != "auto":
+        pinned = int(configured)
+        if listed is not None and listed != pinned:
+            raise VaultMountError(
+                f"VAULT_ZPA_KV_VERSION={pinned}, but the mount {mount!r} is KV v{listed}; the "
+                "wrapped token was not used",
+                hint=f"unset VAULT_ZPA_KV_VERSION or set it to {listed}",
+            )
+        return (pinned,)
+    return (listed,) if listed is not None else (2, 1)
+
+
+def listed_kv_version(conn: VaultConnection, mount: str) -> int | None:
+    """GET sys/internal/ui/mounts with no token: the KV version of `mount` if Vault lists it
+    to anyone (`listing_visibility=unauth`), else None. `sys/internal/ui/mounts/<mount>`, the
+    preflight `fetch` uses with a token, is denied without one."""
+
+    def ask(c: hvac.Client) -> Any:
+        return c.adapter.get("/v1/sys/internal/ui/mounts")
+
+    try:
+        body = conn.call(ask, path="sys/internal/ui/mounts", capability="read", kind="sys")
+    except VaultUnavailable:
+        raise  # the lookup next would fail the same way
+    except (VaultError, hvac.exceptions.VaultError):
+        return None
+    data = body.get("data", body) if isinstance(body, dict) else {}
+    secret = data.get("secret") if isinstance(data, dict) else None
+    entry = secret.get(mount.strip("/") + "/") if isinstance(secret, dict) else None
+    if not isinstance(entry, dict) or entry.get("type") not in ("kv", "generic"):
+        return None
+    options = _mapping(entry.get("options"))
+    return 2 if str(options.get("version") or "1") == "2" else 1
+
+
 def expected_kv_paths(
-    *, mount: str, paths: Sequence[str], kv_version: str, namespace: str | None
+    *, mount: str, paths: Sequence[str], versions: Sequence[int], namespace: str | None
 ) -> dict[str, tuple[str, int]]:
     """creation_path -> (path under the mount, KV version), for each place sync may hold the
-    group's secret. With `kv_version` 'auto' both layouts are accepted: the recipient has no
-    token to ask the mount which it is (VAULT_ZPA_KV_VERSION pins one). A configured namespace
-    may show in front of the path too."""
-    versions = (2, 1) if kv_version == "auto" else (int(kv_version),)
+    group's secret in each layout of `versions` (kv_versions). A configured namespace may show
+    in front of the path too."""
     out: dict[str, tuple[str, int]] = {}
     for path in paths:
         for version in versions:
@@ -425,12 +644,31 @@ def redeem_kv(
     conn: VaultConnection,
     token: WrappedToken,
     *,
-    expected: Mapping[str, tuple[str, int]],
+    mount: str,
+    paths: Sequence[str],
+    kv_version: str,
+    namespace: str | None,
     what: str,
 ) -> StoredSecret:
-    """Look up, check, unwrap: the group's secret as the wrapped KV read returned it."""
-    found = check(lookup(conn, token), token, expected=list(expected), what=what)
-    body = unwrap(conn, token)
+    """Learn what can be learnt of the mount's KV version, look up, check, unwrap: the group's
+    secret as the wrapped KV read returned it. A read of the group's path in the layout the
+    mount is known not to have is refused before unwrapping (Vault would answer it 404)."""
+    versions = kv_versions(conn, mount=mount, configured=kv_version)
+    expected = expected_kv_paths(mount=mount, paths=paths, versions=versions, namespace=namespace)
+    found = lookup(conn, token)
+    if found is not None and found.creation_path not in expected:
+        others = [v for v in (2, 1) if v not in versions]
+        layout = expected_kv_paths(mount=mount, paths=paths, versions=others, namespace=namespace)
+        if found.creation_path in layout:
+            raise WrappedTokenRefused(
+                f"the wrapping token wraps a KV v{layout[found.creation_path][1]} read "
+                f"({found.creation_path!r}), but the mount {mount!r} is KV v{versions[0]}; "
+                "refused without unwrapping it",
+                hint="Vault would have answered that read 404. Ask for a token made by "
+                "`vault-zpa wrap` (or `bao kv get -wrap-ttl`); this one is left unused",
+            )
+    found = check(found, token, expected=list(expected), what=what)
+    body = unwrap(conn, token, wrapped=found.creation_path)
     if body is None:  # alive a moment ago: someone unwrapped it in between, or it just expired
         raise spent(token, found.expires_at)
     path, version = expected[found.creation_path]
@@ -449,12 +687,15 @@ def redeem_secret_id(
     found = check(
         lookup(conn, token), token, expected=[full], what=f"a secret-id of AppRole role {role!r}"
     )
-    body = unwrap(conn, token)
+    body = unwrap(conn, token, wrapped=full)
     if body is None:
         raise spent(token, found.expires_at)
     secret_id = (body.get("data") or {}).get("secret_id")
     if not isinstance(secret_id, str) or not secret_id:
-        raise VaultError(f"the wrapped answer of {full} holds no secret_id")
+        raise WrappedTokenRefused(
+            f"the wrapped answer of {full} holds no secret_id; {SPENT}",
+            hint="ask for a new token",
+        )
     REDACTOR.register(secret_id)
     return Secret(secret_id)
 
@@ -467,8 +708,8 @@ def _stored(body: Mapping[str, Any], path: str, version: int, full: str) -> Stor
     else:
         meta = {}
     if not isinstance(payload, dict) or not payload:
-        raise VaultError(
-            f"the wrapped answer of {full} holds no data (the version was deleted?)",
+        raise WrappedTokenRefused(
+            f"the wrapped answer of {full} holds no data (the version was deleted?); {SPENT}",
             hint="ask for a new token",
         )
     raw = _strings(payload)
@@ -486,6 +727,10 @@ def _stored(body: Mapping[str, Any], path: str, version: int, full: str) -> Stor
     data = {k: v for k, v in raw.items() if not k.startswith(V1_META_PREFIX) and k != "ttl"}
     facts = {k[len(V1_META_PREFIX) :]: v for k, v in raw.items() if k.startswith(V1_META_PREFIX)}
     return StoredSecret(path=path, version=0, data=data, custom_metadata=facts)
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _strings(value: Mapping[str, Any]) -> dict[str, str]:
