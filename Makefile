@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit integration clean venv bench bench-smoke reliability reliability-full reliability-cluster tools
+.PHONY: demo test lint typecheck unit integration clean venv bench bench-smoke bench-enrollment reliability reliability-full reliability-cluster tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,10 @@ bench: $(STAMP)
 
 bench-smoke: $(STAMP)
 	$(BIN)/python -m benchmarks.bench --smoke --out benchmarks/results
+
+# Can a new connector always enroll? Strategies side by side on one seeded fleet (about 10 min).
+bench-enrollment: $(STAMP)
+	$(BIN)/python -m benchmarks.enrollment
 
 reliability: $(STAMP)
 	VAULT_ZPA_RELIABILITY_REPORT=1 $(BIN)/pytest -q tests/reliability

@@ -12,7 +12,14 @@ from benchmarks.enrollment import SMOKE, Arrival, Group, Vm, Workload, analyse, 
 from tests.conftest import ROOT, clean_env
 from vault_zpa.testing.zpa_simulator import KeyEvent
 
-STRATEGIES = ("terraform", "sync", "ratio", "tuned", "provision", "best")
+STRATEGIES = (
+    "terraform",
+    "sync",
+    "ratio",
+    "ratio-tuned-trigger",
+    "provision",
+    "provision-trigger",
+)
 
 
 def test_enrollment_smoke(tmp_path: Path) -> None:
@@ -32,6 +39,7 @@ def test_enrollment_smoke(tmp_path: Path) -> None:
     vms = data["workload"]["vms"]
     assert vms > 0
     for name, r in rows.items():
+        assert r["unresolved"] == 0, name  # every VM enrolled or gave up
         assert r["vms"] == vms, name  # the same arrivals for every strategy
         assert r["enrolled"] + r["failed"] == r["vms"], name
         assert 0 <= r["failed"] <= r["first_attempt_failures"] <= r["vms"], name
@@ -50,7 +58,7 @@ def test_enrollment_smoke(tmp_path: Path) -> None:
     assert terraform["zpa_requests"]["GET"] >= len(data["workload"]["groups"])
     assert rows["sync"]["keys_created"] == 0
     assert rows["sync"]["zpa_requests"]["GET"] > 0
-    assert rows["best"]["settings"]["host_trigger"] == "sync"
+    assert rows["provision-trigger"]["settings"]["host_trigger"] == "sync"
     assert rows["provision"]["settings"]["provision"] is not None
     text = (tmp_path / "enrollment-smoke.md").read_text()
     assert text.startswith("`python -m benchmarks.enrollment --smoke`")
@@ -97,6 +105,12 @@ def test_analyse_no_usable_key_and_staleness() -> None:
         factor=1.0,
     )
     assert figures["no_usable_key_longest_s"] == 15.0
+    assert figures["no_usable_key_longest_where"] == {
+        "group": "G",
+        "heat": "hot",
+        "from_s": 10.0,
+        "vms_arriving": 1,
+    }
     assert figures["no_usable_key_total_group_min"] == round(15 / 60, 1)
     assert figures["no_usable_key_zpa_had_none_group_min"] == round(10 / 60, 1)
     assert figures["staleness_p50_s"] == 5.0
