@@ -598,3 +598,36 @@ def test_a_failing_provisioning_does_not_hold_up_other_groups_rotations(
     wait_for(rotated, timeout=60, what="the Service Edge key rotated")
     assert daemon.metric("vault_zpa_keys", association_type=CG, state="failed") == 1
     assert _keys_of(sim, CG, str(bare["New Connectors"]["id"])) == []
+
+
+def test_a_rotations_new_key_used_up_in_its_grace_does_not_leave_the_group_keyless(
+    sim: ZpaSimulator, vault: Vault, tmp_path: Path
+) -> None:
+    """Rotation (grace 1 h) and provisioning both on: the new key is used up inside the grace
+    and the old one too. The rotation ends within its grace (nothing removed), and the
+    provisioning then gives the group a usable key, instead of waiting out the hour."""
+    config = _config(
+        tmp_path,
+        PROVISION_ON + "\n[association_type.CONNECTOR_GRP.rotation]\n"
+        'enabled = true\ngrace = "1h"\n',
+    )
+    env = clean_env(sim.env(), vault.env, {"VAULT_ZPA_CONFIG": config})
+    _sync(env)
+    group_id, group = next(iter(sim.groups[CG].items()))
+    (old,) = _keys_of(sim, CG, group_id)
+    name = str(group["name"])
+    rotated = run_cli("rotate", "--association-type", CG, "--group", name, env=env)
+    assert rotated.returncode == 0, rotated.stdout + rotated.stderr
+    new = next(k for k in _keys_of(sim, CG, group_id) if k["id"] != old["id"])
+    for key in (old, new):
+        sim.enroll(CG, str(key["id"]), int(str(key["maxUsage"])))
+    _sync(env, code=None)  # the group has no usable key; the rotation still holds the journal
+    resumed = run_cli("rotate", "--all-due", "--output", "json", env=env)
+    assert "ended within its grace" in resumed.stdout, resumed.stdout + resumed.stderr
+    assert {old["id"], new["id"]} <= {k["id"] for k in _keys_of(sim, CG, group_id)}  # kept
+    report = _sync(env)
+    (item,) = [i for i in _items(report, "provision") if i["group_id"] == group_id]
+    assert item["outcome"] == "done", item
+    served = vault.kv_get(f"zpa/CONNECTOR_GRP/{name}")["data"]["data"]  # type: ignore[index]
+    assert served["key_id"] not in (old["id"], new["id"])  # type: ignore[index]
+    assert sim.accepts(served["provisioning_key"])  # type: ignore[index]

@@ -482,6 +482,7 @@ def read_journals(store: KvStore, prefix: str) -> dict[GroupKey, Journal]:
 class Decision:
     action: str  # "none" | "start" | "resume" | "wait" | "blocked"
     reason: str
+    end_grace: bool = False  # resume: the new key is no use any more, the grace can end now
 
 
 def decide(
@@ -517,6 +518,14 @@ def decide(
                     "blocked",
                     f"the journal's grace_until {journal.grace_until[:40]!r} is not a time "
                     "within any grace; a person must look (fix or restore the journal)",
+                )
+            if key is not None and key.id == journal.new_id and not key.eligible:
+                # The new key was used up (or disabled) within the grace: waiting it out would
+                # leave the group without a usable key in Vault. The rotation decides now.
+                return Decision(
+                    "resume",
+                    "the new key is used up or disabled in ZPA; the grace ends early",
+                    end_grace=True,
                 )
             return Decision("wait", f"new key in Vault; old key kept until {journal.grace_until}")
         return Decision("resume", f"rotation in progress ({journal.state}): {journal.reason}")
@@ -653,6 +662,7 @@ class Rotator:
         self.owner = owner
         self.takeover = takeover
         self._served: Mapping[str, Sequence[str]] = {}
+        self._end_grace = False
         self.rules = rules or {}
         self.zpa = zpa
         self.store = store
@@ -671,6 +681,7 @@ class Rotator:
         requested: bool = False,
         served: Mapping[str, Sequence[str]] | None = None,
         start: bool = True,
+        end_grace: bool = False,
     ) -> RotationResult:
         """Take every step that is due for one group, journaling each before it is taken.
         `served` maps key ids to the other paths the run saw serving them (an orphaned path of
@@ -678,6 +689,7 @@ class Rotator:
         `start` False (the caller saw a rotation in flight): if the journal, read afresh, is
         idle, another run finished it, and no new rotation begins on that stale decision."""
         self._served = served or {}
+        self._end_grace = end_grace
         if self.store.kv_version != 2:
             raise ConfigError(
                 "rotation needs a KV v2 mount: its journal is written with check-and-set"
@@ -801,7 +813,33 @@ class Rotator:
                     f"{path}: the rotation journal's grace_until is not a time within any grace",
                     hint="fix or restore the journal; nothing was removed",
                 )
-            if _parse(journal.grace_until) > self.now():
+            in_grace = _parse(journal.grace_until) > self.now()
+            problem = (
+                self._key_problem(atype, journal.new_id, "new")  # checked, not trusted
+                if in_grace and self._end_grace
+                else None
+            )
+            if problem is not None:
+                # The new key is no use any more, within the grace: the rotation is given up
+                # now (no key is removed within a grace, I1), so the sync may serve the old key
+                # if it is still usable, and a group with no usable key may be provisioned.
+                self._journal(
+                    path,
+                    journal,
+                    state=State.IDLE,
+                    abandoned=(journal.new_id, *journal.abandoned)[:RETIRED_KEPT],
+                    last_error=f"rotation ended within its grace: {problem[0]}",
+                )
+                log.info("rotation of %s ended within its grace: %s", path, problem[0])
+                return RotationResult(
+                    path,
+                    group,
+                    Decision(action, f"{reason}; {problem[0]}: ended within its grace"),
+                    None,
+                    journal.new_id,
+                    error=None if problem[1] else f"rotation given up: {problem[0]}",
+                )
+            if in_grace:
                 return RotationResult(
                     path,
                     group,
@@ -814,7 +852,8 @@ class Rotator:
                 )
             journal = self._journal(path, journal, state=State.RETIRING)
         if journal.state is State.RETIRING:
-            why = self._unusable(atype, journal.new_id, "new")
+            problem = self._key_problem(atype, journal.new_id, "new")
+            why = problem[0] if problem is not None else None
             if why is not None and self._unusable(atype, journal.old_id, "old") is None:
                 # Removing the old key now would leave the group nothing to enroll with: give
                 # the rotation up instead, so the sync may serve the old key again. (When the
@@ -826,16 +865,20 @@ class Rotator:
                     abandoned=(journal.new_id, *journal.abandoned)[:RETIRED_KEPT],
                     last_error=f"rotation given up: {why}; the old key was kept",
                 )
-                log.warning(
+                used_up = problem is not None and problem[1]
+                # A new key used up did its job (connectors enrolled with it): not a failure.
+                (log.info if used_up else log.warning)(
                     "rotation of %s given up: %s; old key %s kept", path, why, journal.old_id
                 )
                 return RotationResult(
                     path,
                     group,
-                    Decision(action, reason),
+                    Decision(action, f"{reason}; {why}: the old key {journal.old_id} was kept"),
                     None,
                     journal.new_id,
-                    error=f"rotation given up: {why}; the old key {journal.old_id} was kept",
+                    error=None
+                    if used_up
+                    else f"rotation given up: {why}; the old key {journal.old_id} was kept",
                 )
             self._retire(path, atype, journal)
             self._boundary("old_removed")
@@ -917,14 +960,23 @@ class Rotator:
 
     def _unusable(self, atype: AssociationType, key_id: str, which: str) -> str | None:
         """Why this key cannot be enrolled with (deleted, disabled, used up), or None."""
+        problem = self._key_problem(atype, key_id, which)
+        return problem[0] if problem is not None else None
+
+    def _key_problem(
+        self, atype: AssociationType, key_id: str, which: str
+    ) -> tuple[str, bool] | None:
+        """(why the key cannot be enrolled with, whether only because it is used up)."""
         try:
             key = self.zpa.get_provisioning_key(atype, key_id)
         except ZpaApiError as exc:
             if _not_found(exc):
-                return f"the {which} key {key_id} was deleted in ZPA"
+                return f"the {which} key {key_id} was deleted in ZPA", False
             raise
+        if key.problem is None and key.enabled and key.exhausted:
+            return f"the {which} key {key_id} is used up in ZPA", True
         if not key.eligible:
-            return f"the {which} key {key_id} is disabled or used up in ZPA"
+            return f"the {which} key {key_id} is disabled or unusable in ZPA", False
         return None
 
     def _check_not_served(self, path: str, journal: Journal) -> None:

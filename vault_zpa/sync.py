@@ -634,8 +634,13 @@ def rotate_once(
         secret = stored.get(item.path)
         if secret is None or secret.data is None or item.group_name is None:
             continue
-        if item.action is Action.PROVISION:
-            continue  # this run's provisioning gave (or gives) the group a new key: not stale
+        journal = journals.get((item.association_type, item.group_id or ""))
+        rotating = journal is not None and journal.in_flight and journal.kind == "rotation"
+        if item.action is Action.PROVISION and not rotating:
+            # This run's provisioning gave the group a new key: do not rotate it on a stale
+            # decision. A rotation in flight is resumed whatever the item (its new key used up
+            # in the grace makes the group look keyless; only the rotation can end that).
+            continue
         pair = (item.association_type, item.group_name)
         if requested and pair not in requested:
             continue
@@ -643,7 +648,6 @@ def rotate_once(
         if grace is not None:
             policy = replace(policy, grace=grace)
         held = by_id.get((item.association_type, secret.data.get("key_id", "")))
-        journal = journals.get((item.association_type, item.group_id or ""))
         decision = decide(
             secret, held, policy, moment, journal=journal, requested=pair in requested
         )
@@ -675,6 +679,7 @@ def rotate_once(
                 requested=pair in requested,
                 served=served,
                 start=decision.action == "start",
+                end_grace=decision.end_grace,
             )
         except VaultZpaError as exc:
             result = RotationResult(item.path, item.group_name, decision, state, error=str(exc))
