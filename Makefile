@@ -26,7 +26,7 @@ typecheck: $(STAMP)
 
 # Pure and in-process tests only (no OpenBao, no simulator, no subprocess): seconds.
 UNIT_TESTS := tests/test_config.py tests/test_layout.py tests/test_reconcile.py \
-	tests/test_daemon_engine.py tests/test_rotation_model.py
+	tests/test_daemon_engine.py tests/test_rotation_model.py tests/test_provision_model.py
 unit: $(STAMP)
 	$(BIN)/pytest -m "not slow" -q $(UNIT_TESTS)
 

@@ -252,7 +252,7 @@ class Provisioner(Rotator):
         rule = self.rules.get(atype, TypeRule())
         action = "resume" if journal.in_flight else "start"
         if not journal.in_flight:
-            served = self._usable_served(target)
+            served = self._usable_served(target) or self._kept_old(target, journal)
             if served is not None:
                 return self._result(target, "none", served, None)
             name = new_key_name(
@@ -385,6 +385,30 @@ class Provisioner(Rotator):
         if key.eligible and (pattern is None or pattern.fullmatch(key.name)):
             return f"key {key_id} in Vault is usable (made meanwhile by another run)"
         return None
+
+    def _kept_old(self, target: Target, journal: Journal) -> str | None:
+        """The old key a given-up rotation kept (rotation.py: its new key became unusable),
+        while it is still usable: the next sync serves it again. A plan made from journals
+        read before the rotation gave up (a replica's memory) still excluded it and found the
+        group without a key; provisioning now would leave it in ZPA, usable and recorded
+        nowhere (the new INTENT replaces the journal's old_id)."""
+        old = journal.old_id
+        if journal.kind != "rotation" or not old or old in journal.retired:
+            return None
+        if journal.new_id not in journal.abandoned:
+            return None
+        try:
+            key = self.zpa.get_provisioning_key(target.association_type, old)
+        except ZpaApiError as exc:
+            if _not_found(exc):
+                return None
+            raise
+        pattern = self.rules.get(target.association_type, TypeRule()).key_name_pattern
+        if key.group_id != target.group_id or not key.eligible:
+            return None
+        if pattern is not None and not pattern.fullmatch(key.name):
+            return None
+        return f"key {old}, which a given-up rotation kept, is usable: the next sync serves it"
 
     def _check_ours(self, target: Target, current: StoredSecret | None) -> None:
         """The path must be free, hold this group's managed secret, or the secret of the gone
