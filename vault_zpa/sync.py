@@ -431,8 +431,7 @@ class WarmState:
         # A failed provisioning changed at most its own group's path and journal, which
         # `reread` refreshes; any other failure leaves Vault unknown: read it all next run.
         if any(
-            r.outcome is Outcome.FAILED and r.item.action is not Action.PROVISION
-            for r in results
+            r.outcome is Outcome.FAILED and r.item.action is not Action.PROVISION for r in results
         ):
             self.invalidate()
             return
@@ -459,7 +458,6 @@ class WarmState:
                 old = stored[item.path]
                 stored[item.path] = StoredSecret(old.path, old.version, None, old.custom_metadata)
         self.stored, self.journals, self.usable = stored, dict(snap.journals), True
-
 
     def reread(self, store: KvStore, prefix: str, items: Sequence[PlanItem]) -> None:
         """What provisioning wrote is not in the snapshot: read those paths and journals again
